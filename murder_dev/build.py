@@ -62,9 +62,7 @@ def build_pyz(out: Path = ROOT / "dist" / "murder.pyz") -> Path:
             shutil.copytree(_package_dir(name), stage / name, ignore=ignore)
         (stage / "__main__.py").write_text(_MAIN)
         partial = out.with_name(out.name + ".tmp")
-        zipapp.create_archive(
-            stage, partial, interpreter="/usr/bin/env python3", compressed=True
-        )
+        zipapp.create_archive(stage, partial, interpreter="/usr/bin/env python3", compressed=True)
         partial.replace(out)
     for script, func in LEGACY.items():
         shim = out.parent / script

@@ -1,0 +1,171 @@
+"""Talking to the tracker: build announce URLs, parse replies, fetch with retries.
+
+The URL building and reply parsing are pure functions (tested without a network);
+``fetch`` does the blocking HTTP GET and is run in a worker thread by the client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from . import bencoding
+from .errors import BencodeError, TrackerError
+from .values import PeerAddr
+
+#: A tracker reply bigger than this is not a deploy tracker talking.
+MAX_REPLY_BYTES = 2 * 1024 * 1024
+#: Never trust more peers than this from one reply (Murder's tracker sent up to 500).
+MAX_PEERS_PER_REPLY = 1000
+
+# Trackers are internal services: never send announces through an http_proxy from the env.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass(frozen=True)
+class AnnounceReply:
+    interval: int
+    min_interval: int
+    peers: tuple[PeerAddr, ...]
+    complete: int | None = None
+    incomplete: int | None = None
+    warning: str | None = None
+
+
+def announce_query(
+    announce: str,
+    *,
+    info_hash: bytes,
+    peer_id: bytes,
+    port: int,
+    uploaded: int,
+    downloaded: int,
+    left: int,
+    event: str = "",
+    ip: str | None = None,
+    numwant: int = 200,
+    key: str | None = None,
+) -> str:
+    """The full announce URL, keeping any query the .torrent's announce already carries."""
+    params: list[tuple[str, str | bytes]] = [
+        ("info_hash", info_hash),
+        ("peer_id", peer_id),
+        ("port", str(port)),
+        ("uploaded", str(uploaded)),
+        ("downloaded", str(downloaded)),
+        ("left", str(left)),
+        ("compact", "1"),
+        ("numwant", str(numwant)),
+    ]
+    if event:
+        params.append(("event", event))
+    if ip:
+        params.append(("ip", ip))
+    if key:
+        params.append(("key", key))
+    query = "&".join(f"{k}={urllib.parse.quote_from_bytes(_b(v), safe='')}" for k, v in params)
+    sep = "&" if "?" in announce else "?"
+    return announce + sep + query
+
+
+def _b(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _int_field(reply: dict[bytes, Any], key: bytes, default: int | None) -> int | None:
+    value = reply.get(key, default)
+    if value is not None and (not isinstance(value, int) or value < 0):
+        raise TrackerError(f"tracker reply field {key.decode()!r} must be a non-negative integer")
+    return value
+
+
+def _compact_peers(blob: bytes, width: int) -> list[PeerAddr]:
+    if len(blob) % width:
+        raise TrackerError(f"compact peer list length {len(blob)} is not a multiple of {width}")
+    peers = []
+    for off in range(0, min(len(blob), width * MAX_PEERS_PER_REPLY), width):
+        raw_ip, raw_port = blob[off : off + width - 2], blob[off + width - 2 : off + width]
+        port = int.from_bytes(raw_port, "big")
+        if port:
+            peers.append(PeerAddr(str(ipaddress.ip_address(raw_ip)), port))
+    return peers
+
+
+def _dict_peers(items: list[Any]) -> list[PeerAddr]:
+    peers = []
+    for item in items[:MAX_PEERS_PER_REPLY]:
+        if not isinstance(item, dict):
+            raise TrackerError("tracker peer list entry is not a dictionary")
+        ip, port = item.get(b"ip"), item.get(b"port")
+        if not isinstance(ip, bytes) or not isinstance(port, int):
+            raise TrackerError("tracker peer entry lacks a valid ip/port")
+        try:
+            peers.append(PeerAddr(ip.decode(), port))
+        except (ValueError, UnicodeDecodeError):
+            continue  # hostnames and junk entries: skip rather than fail the announce
+    return peers
+
+
+def parse_reply(body: bytes) -> AnnounceReply:
+    """Decode a tracker's bencoded reply; a ``failure reason`` becomes a TrackerError."""
+    try:
+        reply = bencoding.decode(body, max_size=MAX_REPLY_BYTES)
+    except BencodeError as exc:
+        raise TrackerError(f"tracker sent an invalid reply: {exc}") from None
+    if not isinstance(reply, dict):
+        raise TrackerError("tracker reply is not a dictionary")
+    failure = reply.get(b"failure reason")
+    if failure is not None:
+        text = failure.decode("utf-8", "replace") if isinstance(failure, bytes) else str(failure)
+        raise TrackerError(f"tracker refused the announce: {text}")
+    interval = _int_field(reply, b"interval", 30) or 30
+    min_interval = _int_field(reply, b"min interval", 1) or 1
+    peers: list[PeerAddr] = []
+    raw = reply.get(b"peers", b"")
+    if isinstance(raw, bytes):
+        peers += _compact_peers(raw, 6)
+    elif isinstance(raw, list):
+        peers += _dict_peers(raw)
+    else:
+        raise TrackerError("tracker reply field 'peers' has the wrong type")
+    raw6 = reply.get(b"peers6", b"")
+    if isinstance(raw6, bytes):
+        peers += _compact_peers(raw6, 18)
+    warning = reply.get(b"warning message")
+    return AnnounceReply(
+        interval=interval,
+        min_interval=min_interval,
+        peers=tuple(peers[:MAX_PEERS_PER_REPLY]),
+        complete=_int_field(reply, b"complete", None),
+        incomplete=_int_field(reply, b"incomplete", None),
+        warning=warning.decode("utf-8", "replace") if isinstance(warning, bytes) else None,
+    )
+
+
+def fetch(url: str, timeout: float) -> AnnounceReply:
+    """One blocking announce; every failure is a TrackerError saying what happened."""
+    try:
+        with _opener.open(url, timeout=timeout) as resp:
+            body = resp.read(MAX_REPLY_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        body = exc.read(MAX_REPLY_BYTES + 1)
+        try:
+            parse_reply(body)
+        except TrackerError as inner:
+            raise TrackerError(f"tracker answered HTTP {exc.code}: {inner}") from None
+        raise TrackerError(f"tracker answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackerError(f"cannot reach tracker {_origin(url)}: {reason}") from None
+    if len(body) > MAX_REPLY_BYTES:
+        raise TrackerError(f"tracker reply exceeds {MAX_REPLY_BYTES} bytes")
+    return parse_reply(body)
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -1,0 +1,309 @@
+"""Command line: ``murder tracker|make-torrent|seed|peer`` and Murder's old script names.
+
+Exit codes: 0 success, 1 download failed or timed out, 2 usage, 3 bad torrent or
+payload (missing file, mismatch, no space), 4 tracker unreachable or refusing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import MurderError
+
+PROG = "murder"
+
+DESCRIPTION = """\
+Fast BitTorrent-powered deploys. A tracker and a seeder hand a release to a swarm of
+peers that share pieces among themselves, so a fleet fills at the speed of the
+fleet, not of one file server."""
+
+
+def _rate(text: str) -> float:
+    """Bytes per second, with an optional k/m/g suffix (powers of 1024)."""
+    mult = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    value = text.strip().lower().rstrip("b/s")
+    factor = mult.get(value[-1:], 1)
+    number = value[:-1] if value[-1:] in mult else value
+    try:
+        rate = float(number) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (e.g. 50m for 50 MiB/s)") from None
+    if rate < 0:
+        raise argparse.ArgumentTypeError(f"rate must be >= 0, got {text!r}")
+    return rate
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port < 65536:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {port}")
+    return port
+
+
+def _add_client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("torrent", help="the .torrent file")
+    p.add_argument("file", help="the payload: read from here (seed) or written here (peer)")
+    p.add_argument("--ip", help="address to announce to the tracker (default: what it sees)")
+    p.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--minport", type=_port, default=10000, help="lowest listen port (10000)")
+    p.add_argument("--maxport", type=_port, default=10500, help="highest listen port (10500)")
+    p.add_argument(
+        "--max-upload-rate",
+        type=_rate,
+        default=0,
+        metavar="RATE",
+        help="upload cap in bytes/s, k/m/g suffixes allowed (0 = none)",
+    )
+    p.add_argument(
+        "--max-download-rate",
+        type=_rate,
+        default=0,
+        metavar="RATE",
+        help="download cap in bytes/s (0 = none)",
+    )
+    p.add_argument("--pidfile", help="write the PID of the process doing the work here")
+    p.add_argument("--logfile", help="append log lines here instead of stderr")
+    p.add_argument(
+        "--tracker-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECS",
+        help="fail when the tracker never answered for this long (60)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"murder {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser(
+        "tracker",
+        help="run the HTTP tracker (foreground)",
+        description="Run the HTTP tracker in the foreground until SIGTERM.",
+    )
+    t.add_argument("--port", type=_port, default=8998, help="listen port (8998)")
+    t.add_argument("--bind", default="0.0.0.0", help="listen address (0.0.0.0)")
+    t.add_argument("--dfile", help="state file, rewritten atomically, reloaded at start")
+    t.add_argument("--logfile", help="append one line per announce here")
+    t.add_argument(
+        "--allowed-dir",
+        "--allowed_dir",
+        dest="allowed_dir",
+        help="serve only the torrents whose .torrent files are in this directory",
+    )
+    t.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="INFO_HASH",
+        help="serve this info_hash (hex); repeatable",
+    )
+    t.add_argument("--interval", type=int, default=10, help="announce interval in seconds (10)")
+    t.add_argument("--pidfile", help="write the tracker's PID here")
+    t.set_defaults(func=cmd_tracker)
+
+    mk = sub.add_parser(
+        "make-torrent",
+        help="hash a file or directory into a .torrent",
+        description="Hash PATH into a .torrent announcing to http://HOST:PORT/announce.",
+    )
+    mk.add_argument("path", help="file or directory to share")
+    mk.add_argument("--tracker", required=True, metavar="HOST:PORT", help="the tracker")
+    mk.add_argument(
+        "-o", "--output", required=True, metavar="TARGET", help="where to write the .torrent"
+    )
+    mk.add_argument(
+        "--piece-size",
+        type=int,
+        metavar="BYTES",
+        help="piece size (a power of two >= 16 KiB; default: from the total size)",
+    )
+    mk.set_defaults(func=cmd_make_torrent)
+
+    s = sub.add_parser(
+        "seed",
+        help="serve a complete payload until stopped",
+        description="Serve a complete, verified payload until SIGTERM/SIGINT.",
+    )
+    _add_client_args(s)
+    s.set_defaults(func=cmd_client, mode="seed")
+
+    p = sub.add_parser(
+        "peer",
+        help="download a payload, then seed it for --linger seconds",
+        description="Download into FILE.part, verify every piece, rename to FILE and "
+        "exit 0; a background process keeps seeding for --linger seconds.",
+    )
+    _add_client_args(p)
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=30.0,
+        metavar="SECS",
+        help="keep seeding this long after completing, in the background (30)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        metavar="SECS",
+        help="fail if not complete after this long (0 = wait forever)",
+    )
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="linger in this process instead of a background one",
+    )
+    p.set_defaults(func=cmd_client, mode="peer")
+    return parser
+
+
+def _setup_logging(verbose: bool, logfile: str | None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO if logfile else logging.WARNING)
+
+
+def cmd_tracker(args: argparse.Namespace) -> int:
+    from .tracker import TrackerConfig, run_tracker
+
+    config = TrackerConfig(
+        port=args.port,
+        bind=args.bind,
+        dfile=args.dfile,
+        logfile=args.logfile,
+        allowed_dir=args.allowed_dir,
+        allow=tuple(args.allow),
+        interval=args.interval,
+    )
+    return run_tracker(config, pidfile=args.pidfile)
+
+
+def cmd_make_torrent(args: argparse.Namespace) -> int:
+    from .metainfo import announce_url, write_torrent
+
+    meta = write_torrent(
+        args.path, announce_url(args.tracker), args.output, piece_length=args.piece_size
+    )
+    print(meta.info_hash.hex)
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from .client import Client, ClientConfig
+    from .daemon import pidfile, run_with_handoff
+
+    if args.minport > args.maxport:
+        raise MurderError(f"--minport {args.minport} is above --maxport {args.maxport}")
+    if not os.path.exists(args.torrent):
+        raise MurderError(f"torrent file not found: {args.torrent}")
+    config = ClientConfig(
+        mode=args.mode,
+        torrent=args.torrent,
+        path=args.file,
+        ip=args.ip,
+        bind=args.bind,
+        minport=args.minport,
+        maxport=args.maxport,
+        max_upload_rate=args.max_upload_rate,
+        max_download_rate=args.max_download_rate,
+        linger=getattr(args, "linger", 0.0),
+        timeout=getattr(args, "timeout", 0.0),
+        tracker_timeout=args.tracker_timeout,
+        quiet=args.quiet,
+    )
+
+    def work(notify: Callable[[], None] | None) -> int:
+        with pidfile(args.pidfile):
+            try:
+                asyncio.run(Client(config, on_complete=notify).run())
+            except MurderError as exc:
+                _error(exc)
+                return exc.exit_code
+        return 0
+
+    if args.mode == "peer" and config.linger > 0 and not args.foreground:
+        return run_with_handoff(work, logfile=args.logfile)
+    return work(None)
+
+
+def _error(exc: BaseException) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, getattr(args, "logfile", None))
+    try:
+        return int(args.func(args))
+    except MurderError as exc:
+        _error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _error(KeyboardInterrupt("interrupted"))
+        return 130
+
+
+# -- Murder's (2010) command lines, kept working for scripts written against them -------
+def legacy_tracker(argv: Sequence[str] | None = None) -> int:
+    """``murder_tracker.py --port 8998 --dfile data --logfile f``"""
+    return main(["tracker", *(sys.argv[1:] if argv is None else argv)])
+
+
+def legacy_make_torrent(argv: Sequence[str] | None = None) -> int:
+    """``murder_make_torrent.py FILE HOST:PORT TARGET``"""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 3 or args[0] in ("-h", "--help"):
+        print("usage: murder_make_torrent.py FILE TRACKER_HOST:PORT TARGET", file=sys.stderr)
+        return 2
+    path, tracker, target, *rest = args
+    return main(["make-torrent", path, "--tracker", tracker, "-o", target, *rest])
+
+
+def legacy_client(argv: Sequence[str] | None = None) -> int:
+    """``murder_client.py peer|seed TORRENT FILE IP``"""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 4 or args[0] not in ("peer", "seed"):
+        print("usage: murder_client.py peer|seed TORRENT FILE IP [options]", file=sys.stderr)
+        return 2
+    mode, torrent, path, ip, *rest = args
+    return main([mode, torrent, path, "--ip", ip, *rest])
+
+
+LEGACY = {
+    "murder_tracker.py": legacy_tracker,
+    "murder_make_torrent.py": legacy_make_torrent,
+    "murder_client.py": legacy_client,
+}
+
+
+def main_from_zipapp() -> int:
+    """``python3 murder.pyz ...``; the first argument may be one of Murder's script names."""
+    args = sys.argv[1:]
+    if args and os.path.basename(args[0]) in LEGACY:
+        return LEGACY[os.path.basename(args[0])](args[1:])
+    return main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""The swarm as one process sees it: which peers, who is choked, which block next.
+
+The session reacts to events from its peer links and to a once-a-second tick. It
+owns the picker (what to fetch) and the storage (where bytes go) and applies the
+deploy-swarm policy: every interested peer is unchoked (no tit-for-tat inside a
+trusted fleet), pieces are verified before they count, and a peer that sends a
+bad piece is dropped and never dialled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import StorageError
+from .metainfo import Metainfo
+from .peer import PeerLink
+from .picker import PiecePicker
+from .ratelimit import TokenBucket
+from .storage import Storage
+from .values import PeerAddr
+from .wire import messages as m
+from .wire.connection import ChokeState, InterestState
+
+log = logging.getLogger("murder.session")
+
+
+@dataclass
+class SessionConfig:
+    max_uploads: int = 64  # peers we serve at once
+    max_peers: int = 80  # connections we keep open
+    pipeline: int = 64  # blocks in flight per peer
+    max_upload_rate: float = 0  # bytes/s, 0 = unlimited
+    max_download_rate: float = 0
+    connect_timeout: float = 10.0
+    snub_after: float = 20.0  # no block for this long: give its requests to others
+    idle_drop_after: float = 150.0  # nothing received at all: drop the peer
+    keepalive_every: float = 60.0
+    strikes_to_ban: int = 3  # shared bad pieces before a peer is banned
+
+
+@dataclass
+class Stats:
+    uploaded: int = 0
+    downloaded: int = 0
+    wasted: int = 0
+    hash_failures: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Session:
+    def __init__(
+        self,
+        meta: Metainfo,
+        storage: Storage,
+        peer_id: bytes,
+        config: SessionConfig,
+        *,
+        on_complete: Callable[[], None] | None = None,
+    ) -> None:
+        self.meta = meta
+        self.info_hash = meta.info_hash.raw
+        self.num_pieces = meta.num_pieces
+        self.peer_id = peer_id
+        self.storage = storage
+        self.config = config
+        self.on_complete = on_complete
+        self.picker = PiecePicker(meta.num_pieces, meta.piece_length, meta.total_length)
+        for index in range(meta.num_pieces):
+            if storage.has(index):
+                self.picker.mark_have(index)
+        self.stats = Stats()
+        self.verified_bytes = sum(
+            meta.piece_size(i) for i in range(meta.num_pieces) if storage.has(i)
+        )
+        self.links: set[PeerLink] = set()
+        self.by_id: dict[bytes, PeerLink] = {}
+        self.unchoked: set[PeerLink] = set()
+        self.known: set[PeerAddr] = set()
+        self.connecting: set[PeerAddr] = set()
+        self.banned_ids: set[bytes] = set()
+        self.banned_addrs: set[PeerAddr] = set()
+        self.own_addrs: set[PeerAddr] = set()
+        self.strikes: dict[bytes, int] = defaultdict(int)
+        self.contributors: dict[int, set[PeerLink]] = defaultdict(set)
+        now = time.monotonic()
+        self.up_bucket = TokenBucket(config.max_upload_rate, now)
+        self.down_bucket = TokenBucket(config.max_download_rate, now)
+        self._serve_scheduled: set[PeerLink] = set()
+        self.stopping = False
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return self.picker.complete
+
+    @property
+    def left(self) -> int:
+        return self.meta.total_length - self.verified_bytes
+
+    # -- peers coming and going --------------------------------------------------------
+    def add_peers(self, addrs: list[PeerAddr] | tuple[PeerAddr, ...]) -> None:
+        for addr in addrs:
+            if addr not in self.own_addrs and addr not in self.banned_addrs:
+                self.known.add(addr)
+
+    def connect_more(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.stopping or self.complete:
+            return  # a finished peer does not dial out: leechers find it via the tracker
+        connected = {link.addr for link in self.links if link.addr is not None}
+        budget = self.config.max_peers - len(self.links) - len(self.connecting)
+        for addr in list(self.known):
+            if budget <= 0:
+                break
+            if addr in connected or addr in self.connecting or addr in self.banned_addrs:
+                continue
+            if addr in self.own_addrs:
+                continue
+            self.connecting.add(addr)
+            budget -= 1
+            loop.create_task(self._dial(loop, addr))
+
+    async def _dial(self, loop: asyncio.AbstractEventLoop, addr: PeerAddr) -> None:
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: PeerLink(self, addr, True), addr.ip, addr.port),
+                self.config.connect_timeout,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.debug("cannot connect to %s: %s", addr, exc)
+        finally:
+            self.connecting.discard(addr)
+
+    def link_opened(self, link: PeerLink) -> None:
+        if self.stopping:
+            link.close()
+            return
+        self.links.add(link)
+        self.picker.add_peer(link)
+
+    def link_closed(self, link: PeerLink) -> None:
+        if link not in self.links:
+            return
+        self.links.discard(link)
+        self.unchoked.discard(link)
+        if link.remote_id is not None and self.by_id.get(link.remote_id) is link:
+            del self.by_id[link.remote_id]
+        self.picker.remove_peer(link)
+        link.outstanding.clear()
+        for peers in self.contributors.values():
+            peers.discard(link)
+        self._unchoke_waiting()
+
+    def drop(self, link: PeerLink, reason: str) -> None:
+        if not link.closed:
+            log.info("dropping peer %s: %s", link.remote, reason)
+        link.close()
+        self.link_closed(link)
+
+    def ban(self, link: PeerLink, reason: str) -> None:
+        if link.remote_id is not None:
+            self.banned_ids.add(link.remote_id)
+        if link.addr is not None:
+            self.banned_addrs.add(link.addr)
+            self.known.discard(link.addr)
+        log.warning("banning peer %s: %s", link.remote, reason)
+        self.drop(link, reason)
+
+    # -- wire events -------------------------------------------------------------------
+    def handle(self, link: PeerLink, event: object) -> None:
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, link, event)
+
+    def _on_handshake(self, link: PeerLink, hs: m.Handshake) -> None:
+        rid = hs.peer_id
+        link.remote_id = rid
+        if rid == self.peer_id:
+            if link.addr is not None:
+                self.own_addrs.add(link.addr)
+                self.known.discard(link.addr)
+            self.drop(link, "connected to ourselves")
+            return
+        if rid in self.banned_ids:
+            self.drop(link, "banned peer")
+            return
+        other = self.by_id.get(rid)
+        if other is not None and other is not link:
+            # Both sides dialled each other: keep the connection opened by the lower peer id,
+            # which both ends compute the same way, so exactly one survives.
+            opener = self.peer_id if link.outgoing else rid
+            if other.outgoing == link.outgoing or opener != min(self.peer_id, rid):
+                self.drop(link, "duplicate connection")
+                return
+            self.drop(other, "duplicate connection")
+        self.by_id[rid] = link
+        link.ready = True
+        link.send(self._have_message(link))
+
+    def _have_message(self, link: PeerLink) -> m.Message:
+        count = self.storage.have_count
+        if link.conn.fast and count == self.num_pieces:
+            return m.HaveAll()
+        if link.conn.fast and count == 0:
+            return m.HaveNone()
+        return m.Bitfield(self.storage.bitfield())
+
+    def _on_bitfield(self, link: PeerLink, msg: m.Bitfield) -> None:
+        self.picker.peer_bitfield(link, link.conn.peer_pieces)
+        self._update_interest(link)
+
+    def _on_have_all(self, link: PeerLink, msg: m.HaveAll) -> None:
+        self.picker.peer_has_all(link)
+        self._update_interest(link)
+
+    def _on_have(self, link: PeerLink, msg: m.Have) -> None:
+        self.picker.peer_has(link, msg.index)
+        if not _interested(link) and not self.picker.have(msg.index):
+            self._update_interest(link)
+
+    def _on_noop(self, link: PeerLink, msg: object) -> None:
+        return None
+
+    def _on_choke(self, link: PeerLink, msg: m.Choke) -> None:
+        # Without the fast extension a choke silently cancels every pending request.
+        if not link.conn.fast:
+            self.picker.requests_dropped(link)
+            link.outstanding.clear()
+
+    def _on_unchoke(self, link: PeerLink, msg: m.Unchoke) -> None:
+        self.request_more(link)
+
+    def _on_reject(self, link: PeerLink, msg: m.RejectRequest) -> None:
+        block = (msg.index, msg.begin, msg.length)
+        if block in link.outstanding:
+            link.outstanding.discard(block)
+            self.picker.request_rejected(link, block)
+
+    def _on_interested(self, link: PeerLink, msg: m.Interested) -> None:
+        if len(self.unchoked) < self.config.max_uploads and link not in self.unchoked:
+            self.unchoked.add(link)
+            link.send(m.Unchoke())
+
+    def _on_not_interested(self, link: PeerLink, msg: m.NotInterested) -> None:
+        if link in self.unchoked:
+            self.unchoked.discard(link)
+            link.send(m.Choke())
+            link.uploads.clear()
+            self._unchoke_waiting()
+
+    def _unchoke_waiting(self) -> None:
+        for other in self.links:
+            if len(self.unchoked) >= self.config.max_uploads:
+                break
+            if (
+                other.ready
+                and other.conn.peer_interested is InterestState.INTERESTED
+                and other not in self.unchoked
+            ):
+                self.unchoked.add(other)
+                other.send(m.Unchoke())
+
+    def _on_request(self, link: PeerLink, msg: m.Request) -> None:
+        block = (msg.index, msg.begin, msg.length)
+        if link not in self.unchoked or not self.storage.has(msg.index):
+            # Only ever serve verified pieces, and only to peers we unchoked.
+            if link.conn.fast:
+                link.send(m.RejectRequest(*block))
+            return
+        link.uploads.append(block)
+        self.serve_uploads(link)
+
+    def _on_cancel(self, link: PeerLink, msg: m.Cancel) -> None:
+        with contextlib.suppress(ValueError):
+            link.uploads.remove((msg.index, msg.begin, msg.length))
+
+    def serve_uploads(self, link: PeerLink) -> None:
+        bucket = self.up_bucket
+        while link.uploads and not link.paused and not link.closed:
+            now = time.monotonic()
+            wait = bucket.delay(now)
+            if wait > 0:
+                self._schedule_serve(link, wait)
+                return
+            index, begin, length = link.uploads.popleft()
+            try:
+                data = self.storage.read_block(index, begin, length)
+            except StorageError as exc:
+                self.drop(link, f"cannot serve block: {exc}")
+                return
+            link.send_block(index, begin, data)
+            bucket.take(length, now)
+            self.stats.uploaded += length
+
+    def _schedule_serve(self, link: PeerLink, delay: float) -> None:
+        if link in self._serve_scheduled:
+            return
+        self._serve_scheduled.add(link)
+
+        def again() -> None:
+            self._serve_scheduled.discard(link)
+            self.serve_uploads(link)
+
+        asyncio.get_running_loop().call_later(delay, again)
+
+    def _on_piece(self, link: PeerLink, msg: m.Piece) -> None:
+        length = len(msg.block)
+        block = (msg.index, msg.begin, length)
+        if block not in link.outstanding:
+            self.stats.wasted += length  # cancelled in endgame, or never asked for
+            return
+        link.outstanding.discard(block)
+        link.last_block = time.monotonic()
+        complete, cancels = self.picker.block_received(link, block)
+        for other, dup in cancels:
+            if isinstance(other, PeerLink) and dup in other.outstanding:
+                other.outstanding.discard(dup)
+                other.send(m.Cancel(*dup))
+        self.storage.write_block(msg.index, msg.begin, msg.block)
+        link.downloaded += length
+        self.stats.downloaded += length
+        self.contributors[msg.index].add(link)
+        if self.config.max_download_rate:
+            self.down_bucket.take(length, time.monotonic())
+            self._throttle_reading(link)
+        if complete:
+            self._piece_done(msg.index)
+        if not self.complete:
+            self.request_more(link)
+
+    def _throttle_reading(self, link: PeerLink) -> None:
+        wait = self.down_bucket.delay(time.monotonic())
+        if wait <= 0 or link.transport is None:
+            return
+        # One pending resume per link, always for the latest debt: several timers would
+        # each reopen the tap early and the cap would leak.
+        if link.resume_handle is not None:
+            link.resume_handle.cancel()
+        link.transport.pause_reading()
+        transport = link.transport
+
+        def resume() -> None:
+            link.resume_handle = None
+            if not link.closed:
+                transport.resume_reading()
+
+        link.resume_handle = asyncio.get_running_loop().call_later(wait, resume)
+
+    def _piece_done(self, index: int) -> None:
+        contributors = self.contributors.pop(index, set())
+        if self.storage.verify_piece(index):
+            self.picker.piece_passed(index)
+            self.verified_bytes += self.meta.piece_size(index)
+            have = m.Have(index)
+            for other in list(self.links):
+                if other.ready and not other.conn.peer_has(index):
+                    other.send(have)
+            if self.picker.complete:
+                self._finished()
+            return
+        self.stats.hash_failures += 1
+        self.picker.piece_failed(index)
+        log.warning("piece %d failed its SHA-1 check; fetching it again", index)
+        for link in contributors:
+            assert link.remote_id is not None
+            self.strikes[link.remote_id] += 1
+            if len(contributors) == 1 or self.strikes[link.remote_id] >= self.config.strikes_to_ban:
+                self.ban(link, f"sent data for piece {index} that failed its SHA-1 check")
+
+    def _finished(self) -> None:
+        for link in list(self.links):
+            if _interested(link):
+                link.send(m.NotInterested())
+            if link.conn.peer_piece_count == self.num_pieces:
+                self.drop(link, "both sides complete")
+        if self.on_complete is not None:
+            self.on_complete()
+
+    # -- asking for blocks -------------------------------------------------------------
+    def _update_interest(self, link: PeerLink) -> None:
+        if not link.ready:
+            return
+        wanted = not self.complete and self.picker.interesting(link)
+        if wanted and not _interested(link):
+            link.send(m.Interested())
+        elif not wanted and _interested(link) and not link.outstanding:
+            link.send(m.NotInterested())
+        if wanted and link.conn.peer_choking is not ChokeState.CHOKED:
+            self.request_more(link)
+
+    def request_more(self, link: PeerLink) -> None:
+        if link.closed or not link.ready or link.conn.peer_choking is ChokeState.CHOKED:
+            return
+        room = self.config.pipeline - len(link.outstanding)
+        if room < self.config.pipeline // 4:
+            return  # refill in batches: fewer, larger writes
+        blocks = self.picker.next_requests(link, room)
+        if not blocks:
+            if not link.outstanding:
+                self._update_interest_quiet(link)
+            return
+        link.outstanding.update(blocks)
+        link.send_many([m.Request(*b) for b in blocks])
+
+    def _update_interest_quiet(self, link: PeerLink) -> None:
+        if _interested(link) and (self.complete or not self.picker.interesting(link)):
+            link.send(m.NotInterested())
+
+    # -- once a second -----------------------------------------------------------------
+    def tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = time.monotonic()
+        for link in list(self.links):
+            if now - link.last_recv > self.config.idle_drop_after:
+                self.drop(link, f"silent for {int(now - link.last_recv)} s")
+                continue
+            if link.outstanding and now - link.last_block > self.config.snub_after:
+                # A stalled peer must not hold blocks hostage: hand them to everyone else.
+                self.picker.requests_dropped(link)
+                link.outstanding.clear()
+                link.last_block = now
+            if now - link.last_send > self.config.keepalive_every:
+                link.send(m.KeepAlive())
+            if link.ready and not self.complete:
+                self._update_interest(link)
+        self.connect_more(loop)
+
+    def close_all(self) -> None:
+        self.stopping = True
+        for link in list(self.links):
+            link.close()
+
+
+def _interested(link: PeerLink) -> bool:
+    return link.conn.am_interested is InterestState.INTERESTED
+
+
+_HANDLERS: dict[type, Callable[[Session, PeerLink, object], None]] = {
+    m.Handshake: Session._on_handshake,  # type: ignore[dict-item]
+    m.Bitfield: Session._on_bitfield,  # type: ignore[dict-item]
+    m.HaveAll: Session._on_have_all,  # type: ignore[dict-item]
+    m.HaveNone: Session._on_noop,
+    m.Have: Session._on_have,  # type: ignore[dict-item]
+    m.Choke: Session._on_choke,  # type: ignore[dict-item]
+    m.Unchoke: Session._on_unchoke,  # type: ignore[dict-item]
+    m.Interested: Session._on_interested,  # type: ignore[dict-item]
+    m.NotInterested: Session._on_not_interested,  # type: ignore[dict-item]
+    m.Request: Session._on_request,  # type: ignore[dict-item]
+    m.Cancel: Session._on_cancel,  # type: ignore[dict-item]
+    m.Piece: Session._on_piece,  # type: ignore[dict-item]
+    m.RejectRequest: Session._on_reject,  # type: ignore[dict-item]
+}

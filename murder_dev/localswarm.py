@@ -1,0 +1,212 @@
+"""A tracker, a seeder and N peers as separate processes on loopback.
+
+Used by the loopback end-to-end tests, ``invoke swarm`` and the loopback benchmark.
+Every process is started here, remembered by PID, and stopped here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def make_payload(path: Path, size: int, seed: int = 1) -> Path:
+    """Write ``size`` pseudo-random bytes quickly (not compressible, not all zeros)."""
+    block = hashlib.sha512(str(seed).encode()).digest() * 16384  # 1 MiB
+    rotate = 0
+    with open(path, "wb") as fh:
+        left = size
+        while left > 0:
+            chunk = block[rotate:] + block[:rotate]
+            fh.write(chunk[: min(left, len(chunk))])
+            left -= len(chunk)
+            rotate = (rotate + 4099) % len(block)
+    return path
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def murder_cmd(pyz: Path | None = None) -> list[str]:
+    return [sys.executable, str(pyz)] if pyz else [sys.executable, "-m", "murder_core"]
+
+
+@dataclass
+class LocalSwarm:
+    workdir: Path
+    payload: Path
+    pyz: Path | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    tracker_port: int = 0
+    torrent: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.torrent = self.workdir / (self.payload.name + ".torrent")
+
+    def _spawn(self, name: str, args: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen(
+            [*murder_cmd(self.pyz), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            **kw,  # type: ignore[arg-type]
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_tracker(self) -> int:
+        self.tracker_port = free_port()
+        allowed = self.workdir / "allowed"
+        allowed.mkdir(exist_ok=True)
+        self._spawn(
+            "tracker",
+            [
+                "tracker",
+                "--port",
+                str(self.tracker_port),
+                "--bind",
+                "127.0.0.1",
+                "--dfile",
+                str(self.workdir / "tracker.state"),
+                "--allowed-dir",
+                str(allowed),
+                "--interval",
+                "2",
+            ],
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.tracker_port}/stats.json", timeout=1
+                )
+                return self.tracker_port
+            except OSError:
+                if self.procs["tracker"].poll() is not None:
+                    break
+                time.sleep(0.1)
+        raise RuntimeError(f"tracker did not come up; see {self.workdir / 'tracker.log'}")
+
+    def make_torrent(self, piece_size: int | None = None) -> Path:
+        args = [
+            "make-torrent",
+            str(self.payload),
+            "--tracker",
+            f"127.0.0.1:{self.tracker_port}",
+            "-o",
+            str(self.torrent),
+        ]
+        if piece_size:
+            args += ["--piece-size", str(piece_size)]
+        subprocess.run(
+            [*murder_cmd(self.pyz), *args],
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            timeout=600,
+        )
+        (self.workdir / "allowed" / self.torrent.name).write_bytes(self.torrent.read_bytes())
+        return self.torrent
+
+    def start_seeder(self, *extra: str) -> subprocess.Popen[bytes]:
+        return self._spawn(
+            "seeder",
+            [
+                "seed",
+                str(self.torrent),
+                str(self.payload),
+                "--ip",
+                "127.0.0.1",
+                "--bind",
+                "127.0.0.1",
+                "--minport",
+                "20000",
+                "--maxport",
+                "29999",
+                *extra,
+            ],
+        )
+
+    def start_peer(self, name: str, target: Path, *extra: str) -> subprocess.Popen[bytes]:
+        return self._spawn(
+            name,
+            [
+                "peer",
+                str(self.torrent),
+                str(target),
+                "--ip",
+                "127.0.0.1",
+                "--bind",
+                "127.0.0.1",
+                "--minport",
+                "30000",
+                "--maxport",
+                "39999",
+                "--foreground",
+                *extra,
+            ],
+        )
+
+    def wait(self, names: Sequence[str], timeout: float) -> dict[str, int | None]:
+        deadline = time.monotonic() + timeout
+        codes: dict[str, int | None] = {}
+        for name in names:
+            try:
+                codes[name] = self.procs[name].wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                codes[name] = None
+        return codes
+
+    def stop(self, name: str, timeout: float = 10) -> int | None:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc else None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(5)
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            with contextlib.suppress(Exception):
+                self.stop(name, timeout=5)
+
+    def __enter__(self) -> LocalSwarm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

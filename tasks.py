@@ -1,0 +1,86 @@
+"""Development and CI tasks: `invoke --list` (or `./run --list`) shows them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from invoke import Collection, task
+
+ROOT = Path(__file__).resolve().parent
+
+
+@task(help={"k": "only tests matching this pytest -k expression", "x": "stop at the first failure"})
+def test(c, k="", x=False):
+    """Run the whole test suite (cluster and interop tests need root)."""
+    args = ["-q", "-p", "no:cacheprovider"]
+    if k:
+        args += ["-k", k]
+    if x:
+        args.append("-x")
+    junit = os.environ.get("MURDER_JUNIT")
+    if junit:
+        args.append(f"--junitxml={junit}")
+    c.run(f"{sys.executable} -m pytest {' '.join(args)}", pty=False)
+
+
+@task
+def lint(c):
+    """ruff and mypy over the code."""
+    c.run(f"{sys.executable} -m ruff check murder_core murder_dev fabfile tests tasks.py")
+    c.run(f"{sys.executable} -m mypy")
+
+
+@task
+def build(c):
+    """Build dist/murder.pyz (one file: the engine plus its pure-Python dependencies)."""
+    from murder_dev.build import build_pyz
+
+    out = build_pyz(ROOT / "dist" / "murder.pyz")
+    print(f"built {out} ({out.stat().st_size // 1024} KiB)")
+
+
+@task(help={"peers": "number of peer processes", "size_mb": "payload size in MiB"})
+def swarm(c, peers=5, size_mb=64):
+    """Loopback swarm: a tracker, a seeder and N peers as processes on this machine."""
+    from murder_dev.localswarm import LocalSwarm, make_payload, sha256
+
+    work = Path(tempfile.mkdtemp(prefix="murder-swarm-"))
+    try:
+        payload = make_payload(work / "release.bin", int(size_mb) * 1024 * 1024)
+        with LocalSwarm(work / "run", payload) as sw:
+            sw.start_tracker()
+            sw.make_torrent()
+            sw.start_seeder()
+            start = time.monotonic()
+            names = [f"peer{i}" for i in range(int(peers))]
+            for name in names:
+                sw.start_peer(name, work / name / "release.bin", "--linger", "5")
+            codes = sw.wait(names, timeout=600)
+            took = time.monotonic() - start
+            want = sha256(payload)
+            ok = all(codes[n] == 0 and sha256(work / n / "release.bin") == want for n in names)
+            print(
+                f"{peers} peers x {size_mb} MiB in {took:.1f} s: {'all verified' if ok else codes}"
+            )
+            if not ok:
+                raise SystemExit(1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+ns = Collection(test, lint, build, swarm)
+
+try:  # the cluster tasks need the dev-only cluster module; keep --list working without it
+    from murder_dev import tasks_cluster
+
+    ns.add_collection(Collection.from_module(tasks_cluster, name="cluster"))
+    for extra in ("demo", "bench"):
+        if hasattr(tasks_cluster, extra):
+            ns.add_task(getattr(tasks_cluster, extra))
+except ImportError:
+    pass

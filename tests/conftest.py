@@ -1,0 +1,50 @@
+"""Shared test plumbing.
+
+Tests marked ``root`` (namespaces, sshd) or ``interop`` (other BitTorrent clients)
+may skip on a laptop, with the reason. In CI (CI=true) such a skip is turned into a
+failure: there everything must really run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip (or, in CI, fail) when a prerequisite is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must run this test, but: {reason}")
+    pytest.skip(reason)
+
+
+def need_root() -> None:
+    need(os.geteuid() == 0, "needs root (network namespaces, sshd); run as root or in CI")
+
+
+def need_program(name: str) -> str:
+    path = shutil.which(name)
+    need(path is not None, f"needs {name!r} on PATH (Debian package); ./run installs it as root")
+    assert path is not None
+    return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        IN_CI
+        and report.skipped
+        and (item.get_closest_marker("root") or item.get_closest_marker("interop"))
+    ):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped in CI, where cluster and interop tests must run: {report.longrepr}"
+        )

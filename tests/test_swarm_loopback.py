@@ -1,0 +1,77 @@
+"""A real swarm on loopback: tracker, seeder and peers as separate processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from murder_dev.localswarm import LocalSwarm, make_payload, sha256
+
+pytestmark = pytest.mark.slow
+
+
+def _stats(port: int) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json", timeout=5) as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def test_five_peers_get_byte_identical_copies(tmp_path: Path) -> None:
+    payload = make_payload(tmp_path / "release.bin", 24 * 1024 * 1024 + 12345)
+    with LocalSwarm(tmp_path / "run", payload) as sw:
+        sw.start_tracker()
+        sw.make_torrent(piece_size=256 * 1024)
+        # A slow seeder: alone it would need 5 x 24 MiB / 4 MiB/s = 30 s.
+        sw.start_seeder("--max-upload-rate", "4m")
+        names = [f"peer{i}" for i in range(5)]
+        for name in names:
+            sw.start_peer(name, tmp_path / name / "release.bin", "--linger", "3")
+        codes = sw.wait(names, timeout=240)
+        logs = {n: sw.log(n)[-2000:] for n in names}
+        assert codes == {n: 0 for n in names}, logs
+        want = sha256(payload)
+        for name in names:
+            assert sha256(tmp_path / name / "release.bin") == want
+            assert not (tmp_path / name / "release.bin.part").exists()
+        assert sw.stop("seeder") == 0
+        # Peers fed each other: the seeder sent less than one copy per peer.
+        seeded = int(sw.log("seeder").split("totals: uploaded=")[1].split()[0])
+        assert payload.stat().st_size <= seeded < 5 * payload.stat().st_size
+
+
+def test_killed_peer_resumes_from_what_is_on_disk(tmp_path: Path) -> None:
+    payload = make_payload(tmp_path / "release.bin", 16 * 1024 * 1024)
+    target = tmp_path / "p" / "release.bin"
+    with LocalSwarm(tmp_path / "run", payload) as sw:
+        sw.start_tracker()
+        sw.make_torrent(piece_size=256 * 1024)
+        sw.start_seeder()
+        slow = sw.start_peer("slow", target, "--linger", "0", "--max-download-rate", "2m")
+        part = Path(str(target) + ".part")
+        size = payload.stat().st_size
+        # Kill it once the tracker has heard it hold a quarter of the file (2 MiB/s cap).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and slow.poll() is None:
+            lefts = [
+                p["left"]
+                for t in _stats(sw.tracker_port)["torrents"].values()
+                for p in t["peers"]
+                if not p["seeder"]
+            ]
+            if lefts and min(lefts) <= size * 3 // 4:
+                break
+            time.sleep(0.2)
+        assert slow.poll() is None, sw.log("slow")
+        slow.send_signal(signal.SIGKILL)
+        slow.wait(10)
+        assert part.exists() and not target.exists()
+        sw.start_peer("again", target, "--linger", "0")
+        assert sw.wait(["again"], timeout=120) == {"again": 0}, sw.log("again")
+        log = sw.log("again")
+        resumed = int(log.split("resuming: ")[1].split(" of ")[0])
+        assert resumed > 0, log
+        assert sha256(target) == sha256(payload)
