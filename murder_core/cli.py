@@ -12,10 +12,13 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
 from .errors import MurderError
+
+if TYPE_CHECKING:
+    from .client import ClientConfig
 
 PROG = "murder"
 
@@ -208,7 +211,7 @@ def cmd_make_torrent(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from .client import Client, ClientConfig
+    from .client import ClientConfig
     from .daemon import pidfile, run_with_handoff
 
     if args.minport > args.maxport:
@@ -234,7 +237,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     def work(notify: Callable[[], None] | None) -> int:
         with pidfile(args.pidfile):
             try:
-                asyncio.run(Client(config, on_complete=notify).run())
+                asyncio.run(_run_client(config, notify))
             except MurderError as exc:
                 _error(exc)
                 return exc.exit_code
@@ -243,6 +246,14 @@ def cmd_client(args: argparse.Namespace) -> int:
     if args.mode == "peer" and config.linger > 0 and not args.foreground:
         return run_with_handoff(work, logfile=args.logfile)
     return work(None)
+
+
+async def _run_client(config: ClientConfig, notify: Callable[[], None] | None) -> None:
+    # Built inside the running loop: on Python 3.9 asyncio objects bind to the loop
+    # that exists when they are created.
+    from .client import Client
+
+    await Client(config, on_complete=notify).run()
 
 
 def _error(exc: BaseException) -> None:

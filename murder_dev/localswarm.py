@@ -50,8 +50,16 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def murder_cmd(pyz: Path | None = None) -> list[str]:
-    return [sys.executable, str(pyz)] if pyz else [sys.executable, "-m", "murder_core"]
+def murder_cmd(pyz: Path | None = None, python: str | None = None) -> list[str]:
+    """How to run murder: the zipapp in isolated mode, or the source tree."""
+    if pyz:
+        return [python or sys.executable, "-I", str(pyz)]
+    return [python or sys.executable, "-m", "murder_core"]
+
+
+def child_env(pyz: Path | None) -> dict[str, str]:
+    # The zipapp must run on its own: never let it see the source tree.
+    return dict(os.environ) if pyz else dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 @dataclass
@@ -59,6 +67,7 @@ class LocalSwarm:
     workdir: Path
     payload: Path
     pyz: Path | None = None
+    python: str | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     tracker_port: int = 0
     torrent: Path = field(init=False)
@@ -69,9 +78,9 @@ class LocalSwarm:
 
     def _spawn(self, name: str, args: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = child_env(self.pyz)
         proc = subprocess.Popen(
-            [*murder_cmd(self.pyz), *args],
+            [*murder_cmd(self.pyz, self.python), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -127,10 +136,10 @@ class LocalSwarm:
         if piece_size:
             args += ["--piece-size", str(piece_size)]
         subprocess.run(
-            [*murder_cmd(self.pyz), *args],
+            [*murder_cmd(self.pyz, self.python), *args],
             check=True,
             capture_output=True,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            env=child_env(self.pyz),
             timeout=600,
         )
         (self.workdir / "allowed" / self.torrent.name).write_bytes(self.torrent.read_bytes())

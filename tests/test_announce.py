@@ -61,7 +61,7 @@ def test_parse_dict_peers_skips_junk_entries() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b"d14:failure reason6:nope!e", "tracker refused the announce: nope!"),
+        (b"d14:failure reason5:nope!e", "tracker refused the announce: nope!"),
         (b"<html>", "tracker sent an invalid reply: invalid bencoding"),
         (b"li1ee", "tracker reply is not a dictionary"),
         (b"d8:intervali-1ee", "tracker reply field 'interval' must be a non-negative integer"),

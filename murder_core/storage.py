@@ -1,0 +1,327 @@
+"""Pieces on disk: where each block goes, which pieces are verified, the final rename.
+
+A download writes into ``<target>.part`` (a file, or a directory holding the
+files of a multi-file torrent) and renames it to ``<target>`` once every piece
+has passed its SHA-1 check, so a half-written payload never sits under the
+final name. Blocks go straight to disk with ``os.pwrite`` on descriptors kept
+open, one per file: nothing is buffered per piece, so memory stays flat
+whatever the piece or payload size. Hashing reads back in 1 MiB chunks.
+
+This module knows nothing about peers or requests; the picker decides what to
+fetch and the driver hands finished blocks here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import pathlib
+from typing import Callable, Optional
+
+from .errors import StorageError
+from .metainfo import Metainfo
+from .payload_files import (
+    PayloadFile,
+    StrPath,
+    allocated_bytes,
+    check_free_space,
+    create_file,
+    fsync_directory,
+    open_existing,
+    payload_layout,
+    pread,
+    pread_exact,
+    pwrite_all,
+    storage_error,
+)
+
+PART_SUFFIX = ".part"
+#: Cap on one read_block: requests come from remote peers (BEP 3 blocks are 16 KiB).
+MAX_READ = 128 * 1024
+_CHUNK = 1024 * 1024  # hashing reads this much at a time
+
+
+class Storage:
+    """The payload of one torrent on disk; see ``for_download`` and ``for_seed``."""
+
+    def __init__(
+        self, meta: Metainfo, root: pathlib.Path, files: list[PayloadFile], *, final: bool
+    ) -> None:
+        self._meta = meta
+        self._root = root
+        self._final_path = root if final else _strip_part(root)
+        self._finalized = final
+        self._writable = not final
+        self._files = files
+        self._closed = False
+        self._piece_length = meta.piece_length
+        self._last_index = meta.num_pieces - 1
+        self._last_size = meta.piece_size(self._last_index)
+        # Zero-length files hold no bytes, so offsets are looked up among the others only.
+        self._spans = [f for f in files if f.length > 0]
+        self._starts = [f.offset for f in self._spans]
+        self._have = bytearray(meta.num_pieces)
+        self._bits = bytearray((meta.num_pieces + 7) // 8)
+        self._have_count = 0
+
+    # -- opening ----------------------------------------------------------------------
+    @classmethod
+    def for_download(cls, meta: Metainfo, target: StrPath) -> Storage:
+        """Storage writing into ``target + ".part"``, created or kept (resume).
+
+        If ``target`` itself exists, it is used only if every piece verifies (it
+        is this payload, already complete); otherwise StorageError, since it is
+        not ours to overwrite.
+        """
+        final = pathlib.Path(target)
+        if os.path.lexists(final):
+            return cls._existing_target(meta, final)
+        parent = final.parent
+        if not parent.is_dir():
+            raise StorageError(f"cannot download to {final}: directory {parent} does not exist")
+        part = pathlib.Path(str(final) + PART_SUFFIX)
+        if os.path.lexists(part) and part.is_dir() != meta.multi_file:
+            kind = "a directory" if meta.multi_file else "a file"
+            raise StorageError(f"{part} is in the way: this torrent needs {kind} there")
+        files = payload_layout(meta, part)
+        needed = sum(max(0, f.length - allocated_bytes(f.path)) for f in files)
+        try:
+            stats = os.statvfs(parent)
+        except OSError as exc:
+            raise storage_error(f"cannot check free space in {parent}", exc) from exc
+        check_free_space(parent, needed, stats)
+        storage = cls(meta, part, files, final=False)
+        try:
+            for f in files:
+                create_file(f, part)
+        except BaseException:
+            storage.close()
+            raise
+        return storage
+
+    @classmethod
+    def for_seed(cls, meta: Metainfo, path: StrPath) -> Storage:
+        """Read-only storage over a payload already at ``path`` (file or directory).
+
+        Nothing is verified yet: call ``verify_all`` to mark the pieces.
+        """
+        root = pathlib.Path(path)
+        files = payload_layout(meta, root)
+        if meta.multi_file and not root.is_dir():
+            raise StorageError(f"{root} must be a directory: the torrent holds several files")
+        storage = cls(meta, root, files, final=True)
+        try:
+            for f in files:
+                open_existing(f, root)
+        except BaseException:
+            storage.close()
+            raise
+        return storage
+
+    @classmethod
+    def _existing_target(cls, meta: Metainfo, final: pathlib.Path) -> Storage:
+        try:
+            storage = cls.for_seed(meta, final)
+        except StorageError as exc:
+            raise StorageError(
+                f"{final} already exists and is not this payload ({exc}); refusing to overwrite it"
+            ) from exc
+        try:
+            good = storage.verify_all()
+        except BaseException:
+            storage.close()
+            raise
+        if good != meta.num_pieces:
+            storage.close()
+            raise StorageError(
+                f"{final} already exists and is not this payload ({meta.num_pieces - good} of "
+                f"{meta.num_pieces} pieces differ); refusing to overwrite it"
+            )
+        return storage
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def path(self) -> pathlib.Path:
+        """Where the payload is now: the .part name until ``finalize``."""
+        return self._root
+
+    @property
+    def finalized(self) -> bool:
+        """The payload is under its final name (seeding, or download finished)."""
+        return self._finalized
+
+    def has(self, index: int) -> bool:
+        """Piece ``index`` is verified; False for any index out of range."""
+        return 0 <= index < len(self._have) and self._have[index] == 1
+
+    @property
+    def have_count(self) -> int:
+        return self._have_count
+
+    @property
+    def complete(self) -> bool:
+        return self._have_count == len(self._have)
+
+    def bitfield(self) -> bytes:
+        """BEP 3 order: piece 0 is the high bit of byte 0; spare bits are zero."""
+        return bytes(self._bits)
+
+    def _mark(self, index: int, good: bool) -> None:
+        if self._have[index] == good:
+            return
+        self._have[index] = good
+        self._have_count += 1 if good else -1
+        self._bits[index >> 3] ^= 0x80 >> (index & 7)
+
+    # -- blocks -----------------------------------------------------------------------
+    def write_block(self, index: int, begin: int, data: bytes | memoryview) -> None:
+        """Write one received block; ignored when the piece is already verified.
+
+        A verified piece needs nothing more, and a late duplicate from some peer
+        must never replace bytes that passed the hash.
+        """
+        self._check_open()
+        if not self._writable:
+            raise StorageError(f"{self._root} is open read-only; cannot write piece {index}")
+        length = len(data)
+        self._check_range(index, begin, length, "write")
+        if self._have[index]:
+            return
+        offset = index * self._piece_length + begin
+        if len(self._spans) == 1:  # the common single-file case: one pwrite, no slicing
+            pwrite_all(self._spans[0], data, offset)
+            return
+        view = memoryview(data).cast("B")
+        pos = 0
+        for f, local, size in self._extents(offset, length):
+            pwrite_all(f, view[pos : pos + size], local)
+            pos += size
+
+    def read_block(self, index: int, begin: int, length: int) -> bytes:
+        """Bytes of a verified piece, for uploading."""
+        self._check_open()
+        if not self.has(index):
+            raise StorageError(f"piece {index} is not verified; refusing to read from it")
+        if length > MAX_READ:
+            raise StorageError(f"read of {length} bytes is over the cap of {MAX_READ} bytes")
+        self._check_range(index, begin, length, "read")
+        chunks = [
+            pread_exact(f, local, size)
+            for f, local, size in self._extents(index * self._meta.piece_length + begin, length)
+        ]
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def verify_piece(self, index: int) -> bool:
+        """Read the piece back and check its SHA-1; marks it verified on success."""
+        self._check_open()
+        if not 0 <= index < len(self._have):
+            raise StorageError(f"piece index {index} out of range 0..{len(self._have) - 1}")
+        size = self._meta.piece_size(index)
+        digest = hashlib.sha1()
+        for f, local, length in self._extents(index * self._meta.piece_length, size):
+            end = local + length
+            while local < end:
+                chunk = pread(f, local, min(_CHUNK, end - local))
+                if not chunk:
+                    self._mark(index, False)  # file shorter than the torrent says
+                    return False
+                digest.update(chunk)
+                local += len(chunk)
+        good = digest.digest() == self._meta.piece_hash(index)
+        self._mark(index, good)
+        return good
+
+    def verify_all(self, progress: Optional[Callable[[int], None]] = None) -> int:
+        """Hash-check every piece on disk; returns how many are good.
+
+        ``progress(n)`` is called after each piece with its size in bytes.
+        """
+        meta = self._meta
+        for index in range(meta.num_pieces):
+            self.verify_piece(index)
+            if progress is not None:
+                progress(meta.piece_size(index))
+        return self._have_count
+
+    # -- finishing --------------------------------------------------------------------
+    def finalize(self) -> pathlib.Path:
+        """All pieces verified: fsync, then rename ``.part`` to the final name."""
+        self._check_open()
+        if self._finalized:
+            return self._root
+        final = self._final_path
+        if not self.complete:
+            missing = len(self._have) - self._have_count
+            raise StorageError(
+                f"cannot finalize {final}: {missing} of {len(self._have)} pieces are not verified"
+            )
+        for f in self._files:
+            try:
+                os.fsync(f.fd)
+            except OSError as exc:
+                raise storage_error(f"cannot fsync {f.path}", exc) from exc
+        # One process owns a target, so checking first is enough; rename alone would
+        # silently replace an existing file.
+        if os.path.lexists(final):
+            raise StorageError(f"cannot finalize: {final} already exists; refusing to replace it")
+        try:
+            os.rename(self._root, final)
+        except OSError as exc:
+            raise storage_error(f"cannot rename {self._root} to {final}", exc) from exc
+        fsync_directory(final.parent)
+        self._root = final
+        for f in self._files:
+            f.path = final.joinpath(*f.parts)
+        self._finalized = True
+        self._writable = False
+        return final
+
+    def close(self) -> None:
+        """Close every descriptor; safe to call twice."""
+        self._closed = True
+        for f in self._files:
+            if f.fd >= 0:
+                fd, f.fd = f.fd, -1
+                os.close(fd)
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------
+    def _check_open(self) -> None:
+        # A closed descriptor number may already belong to another file: never reuse it.
+        if self._closed:
+            raise StorageError(f"storage for {self._root} is closed")
+
+    def _check_range(self, index: int, begin: int, length: int, what: str) -> None:
+        if not 0 <= index <= self._last_index:
+            raise StorageError(
+                f"cannot {what} piece {index}: index out of range 0..{self._last_index}"
+            )
+        size = self._piece_length if index < self._last_index else self._last_size
+        if length <= 0 or begin < 0 or begin + length > size:
+            raise StorageError(
+                f"cannot {what} {length} bytes at {begin} in piece {index} of {size} bytes"
+            )
+
+    def _extents(self, offset: int, length: int) -> list[tuple[PayloadFile, int, int]]:
+        """(file, offset in file, length) covering ``length`` payload bytes from ``offset``."""
+        out = []
+        slot = bisect.bisect_right(self._starts, offset) - 1
+        end = offset + length
+        while offset < end:
+            f = self._spans[slot]
+            local = offset - f.offset
+            size = min(end - offset, f.length - local)
+            out.append((f, local, size))
+            offset += size
+            slot += 1
+        return out
+
+
+def _strip_part(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name[: -len(PART_SUFFIX)])

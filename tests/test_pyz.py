@@ -1,0 +1,91 @@
+"""The one file we ship: murder.pyz runs on a bare python3 with nothing installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from murder_dev.build import build_pyz
+from murder_dev.localswarm import LocalSwarm, make_payload, sha256
+
+pytestmark = pytest.mark.slow
+
+
+def _interpreters() -> list[str]:
+    found = ["python3"]
+    # Python 3.9 is the oldest we promise; test it where this machine has one (pyenv).
+    for cand in (shutil.which("python3.9"), "/root/.pyenv/versions/3.9.18/bin/python3.9"):
+        if cand and Path(cand).exists():
+            probe = subprocess.run([cand, "-c", "import sys; print(sys.version_info[:2])"],
+                                   capture_output=True, text=True)
+            if probe.returncode == 0 and "(3, 9)" in probe.stdout:
+                found.append(cand)
+                break
+    return found
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_pyz(tmp_path_factory.mktemp("dist") / "murder.pyz")
+
+
+def _bare_python(base: str, where: Path) -> str:
+    """A virtualenv with nothing installed, made from ``base``."""
+    if base == "python3":
+        venv.EnvBuilder(with_pip=False).create(where)
+    else:
+        subprocess.run([base, "-m", "venv", "--without-pip", str(where)], check=True)
+    python = where / "bin" / "python"
+    out = subprocess.run([str(python), "-c", "import bencodepy"], capture_output=True)
+    assert out.returncode != 0, "the bare venv must not have bencodepy: the pyz has to carry it"
+    return str(python)
+
+
+@pytest.mark.parametrize("base", _interpreters())
+def test_pyz_swarm_on_a_bare_python(base: str, pyz: Path, tmp_path: Path) -> None:
+    python = _bare_python(base, tmp_path / "venv")
+    version = subprocess.run([python, "-I", str(pyz), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("murder "), version.stderr
+    payload = make_payload(tmp_path / "app.tgz", 3 * 1024 * 1024 + 7)
+    with LocalSwarm(tmp_path / "run", payload, pyz=pyz, python=python) as sw:
+        sw.start_tracker()
+        sw.make_torrent()
+        sw.start_seeder()
+        sw.start_peer("p1", tmp_path / "p1" / "app.tgz", "--linger", "0")
+        assert sw.wait(["p1"], timeout=120) == {"p1": 0}, sw.log("p1")
+    assert sha256(tmp_path / "p1" / "app.tgz") == sha256(payload)
+
+
+def test_legacy_shims_next_to_the_pyz(pyz: Path, tmp_path: Path) -> None:
+    python = _bare_python("python3", tmp_path / "venv")
+    payload = make_payload(tmp_path / "f.bin", 100_000)
+    target = tmp_path / "f.torrent"
+    shim = pyz.parent / "murder_make_torrent.py"
+    out = subprocess.run([python, str(shim), str(payload), "127.0.0.1:8998", str(target)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.strip()) == 40  # the info_hash, in hex
+    help_out = subprocess.run([python, str(pyz.parent / "murder_client.py")], capture_output=True,
+                              text=True)
+    assert help_out.returncode == 2
+    assert "usage: murder_client.py peer|seed TORRENT FILE IP" in help_out.stderr
+    via_pyz = subprocess.run([python, str(pyz), "murder_make_torrent.py", str(payload),
+                              "127.0.0.1:8998", str(tmp_path / "g.torrent")], capture_output=True)
+    assert via_pyz.returncode == 0
+    assert (tmp_path / "g.torrent").read_bytes() == target.read_bytes()
+
+
+def test_pyz_holds_no_source_tree_paths(pyz: Path) -> None:
+    import zipfile
+
+    names = zipfile.ZipFile(pyz).namelist()
+    assert "__main__.py" in names
+    assert "murder_core/cli.py" in names and "bencodepy/__init__.py" in names
+    assert "tqdm/__init__.py" in names
+    assert not [n for n in names if n.endswith((".pyc", ".so"))]
+    assert sys.version_info >= (3, 9)
