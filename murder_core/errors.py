@@ -69,6 +69,19 @@ class TrackerError(MurderError):
     exit_code = 4
 
 
+class TrackerRequestError(TrackerError):
+    """A malformed or hostile request sent to our tracker; it answers HTTP 400.
+
+    ``param`` names the offending query parameter (``None`` when the request as a
+    whole is at fault) and ``value`` holds what we got.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, value: Any = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.value = value
+
+
 class DownloadError(MurderError):
     """A download could not complete (timeout, no peers, interrupted)."""
 
@@ -85,3 +98,16 @@ class InventoryError(DeployError):
         super().__init__(where + message)
         self.path = path
         self.line = line
+
+
+class ClusterError(MurderError):
+    """The local dev cluster (murder_dev.cluster) could not be built, reached or removed."""
+
+
+class HostError(DeployError):
+    """A deploy step failed on one host; ``host`` names it, ``reason`` says what happened."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"{host}: {reason}")
+        self.host = host
+        self.reason = reason
