@@ -275,6 +275,19 @@ def test_allowed_dir_rescan_picks_up_new_torrent(
     assert t.stats()["torrents"][late.hex]["name"] == "late.bin"
 
 
+def test_torrent_copied_in_right_after_a_refusal_is_served_at_once(
+    make_tracker: Callable[..., Tracker], tmp_path: Path
+) -> None:
+    # The rescan rate limit must not refuse a deploy whose .torrent just landed.
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    t = make_tracker(allowed_dir=str(allowed))
+    late = make_torrent(tmp_path, "late.bin", tmp_path / "late.torrent")
+    assert b"failure reason" in t.announce(late)
+    os.replace(tmp_path / "late.torrent", allowed / "late.torrent")
+    assert b"failure reason" not in t.announce(late)
+
+
 def test_restart_reloads_state_from_dfile(
     make_tracker: Callable[..., Tracker], tmp_path: Path
 ) -> None:

@@ -104,6 +104,7 @@ class AllowedTorrents:
         self._log = logger
         self._clock = clock
         self._rescan_interval = rescan_interval
+        self._scanned_stamp: int | None = None
         self._lock = threading.Lock()
         self._scan_lock = threading.Lock()
         self._registered: dict[InfoHash, TorrentLabel | None] = dict.fromkeys(allow)
@@ -156,8 +157,12 @@ class AllowedTorrents:
             # Another thread may have scanned while we waited for the lock.
             if self._contains(info_hash):
                 return True
-            if self._last_scan is not None and (
-                self._clock() - self._last_scan < self._rescan_interval
+            # Rate-limit rescans, except when the directory itself changed: a deploy copies
+            # its .torrent in right before the first announce and must not be refused.
+            if (
+                self._last_scan is not None
+                and self._clock() - self._last_scan < self._rescan_interval
+                and self._dir_stamp() == self._scanned_stamp
             ):
                 return False
             self._scan()
@@ -170,9 +175,17 @@ class AllowedTorrents:
         with self._scan_lock:
             self._scan()
 
+    def _dir_stamp(self) -> int | None:
+        assert self._dir is not None
+        try:
+            return os.stat(self._dir).st_mtime_ns
+        except OSError:
+            return None
+
     def _scan(self) -> None:
         assert self._dir is not None
         self._last_scan = self._clock()
+        self._scanned_stamp = self._dir_stamp()
         try:
             names = sorted(
                 entry.name
