@@ -216,8 +216,6 @@ def cmd_client(args: argparse.Namespace) -> int:
 
     if args.minport > args.maxport:
         raise MurderError(f"--minport {args.minport} is above --maxport {args.maxport}")
-    if not os.path.exists(args.torrent):
-        raise MurderError(f"torrent file not found: {args.torrent}")
     config = ClientConfig(
         mode=args.mode,
         torrent=args.torrent,

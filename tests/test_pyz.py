@@ -21,8 +21,11 @@ def _interpreters() -> list[str]:
     # Python 3.9 is the oldest we promise; test it where this machine has one (pyenv).
     for cand in (shutil.which("python3.9"), "/root/.pyenv/versions/3.9.18/bin/python3.9"):
         if cand and Path(cand).exists():
-            probe = subprocess.run([cand, "-c", "import sys; print(sys.version_info[:2])"],
-                                   capture_output=True, text=True)
+            probe = subprocess.run(
+                [cand, "-c", "import sys; print(sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+            )
             if probe.returncode == 0 and "(3, 9)" in probe.stdout:
                 found.append(cand)
                 break
@@ -66,16 +69,29 @@ def test_legacy_shims_next_to_the_pyz(pyz: Path, tmp_path: Path) -> None:
     payload = make_payload(tmp_path / "f.bin", 100_000)
     target = tmp_path / "f.torrent"
     shim = pyz.parent / "murder_make_torrent.py"
-    out = subprocess.run([python, str(shim), str(payload), "127.0.0.1:8998", str(target)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [python, str(shim), str(payload), "127.0.0.1:8998", str(target)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.strip()) == 40  # the info_hash, in hex
-    help_out = subprocess.run([python, str(pyz.parent / "murder_client.py")], capture_output=True,
-                              text=True)
+    help_out = subprocess.run(
+        [python, str(pyz.parent / "murder_client.py")], capture_output=True, text=True
+    )
     assert help_out.returncode == 2
     assert "usage: murder_client.py peer|seed TORRENT FILE IP" in help_out.stderr
-    via_pyz = subprocess.run([python, str(pyz), "murder_make_torrent.py", str(payload),
-                              "127.0.0.1:8998", str(tmp_path / "g.torrent")], capture_output=True)
+    via_pyz = subprocess.run(
+        [
+            python,
+            str(pyz),
+            "murder_make_torrent.py",
+            str(payload),
+            "127.0.0.1:8998",
+            str(tmp_path / "g.torrent"),
+        ],
+        capture_output=True,
+    )
     assert via_pyz.returncode == 0
     assert (tmp_path / "g.torrent").read_bytes() == target.read_bytes()
 

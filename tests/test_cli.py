@@ -1,0 +1,194 @@
+"""The command line as users and old Murder scripts call it: exit codes and messages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from murder_dev.localswarm import ROOT, LocalSwarm, free_port, make_payload, sha256
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def murder(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "murder_core", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture()
+def torrent(tmp_path: Path) -> tuple[Path, Path]:
+    payload = make_payload(tmp_path / "app.bin", 300_000)
+    target = tmp_path / "app.torrent"
+    out = murder("make-torrent", str(payload), "--tracker", "127.0.0.1:9", "-o", str(target))
+    assert out.returncode == 0, out.stderr
+    return payload, target
+
+
+@pytest.mark.parametrize("command", ["tracker", "make-torrent", "seed", "peer"])
+def test_every_subcommand_explains_itself(command: str) -> None:
+    out = murder(command, "--help")
+    assert out.returncode == 0
+    assert "usage: murder " + command in out.stdout
+    if command == "peer":
+        assert "--linger" in out.stdout and "--timeout" in out.stdout
+
+
+def test_missing_torrent_is_exit_3_with_its_path(tmp_path: Path) -> None:
+    out = murder("peer", str(tmp_path / "nope.torrent"), str(tmp_path / "x"), "--foreground")
+    assert out.returncode == 3
+    assert out.stderr.startswith("murder: error: ") and "nope.torrent" in out.stderr
+
+
+def test_truncated_torrent_is_exit_3_and_nothing_is_written(
+    torrent: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, target = torrent
+    cut = tmp_path / "cut.torrent"
+    cut.write_bytes(target.read_bytes()[:-20])
+    out = murder("peer", str(cut), str(tmp_path / "dl" / "app.bin"), "--foreground")
+    assert out.returncode == 3, out.stderr
+    assert "murder: error:" in out.stderr and "invalid bencoding" in out.stderr
+    assert not (tmp_path / "dl").exists()
+
+
+def test_seed_of_a_missing_payload_is_exit_3(torrent: tuple[Path, Path], tmp_path: Path) -> None:
+    _, target = torrent
+    out = murder("seed", str(target), str(tmp_path / "gone.bin"))
+    assert out.returncode == 3
+    assert "gone.bin" in out.stderr
+
+
+def test_seed_of_a_different_payload_is_refused(torrent: tuple[Path, Path], tmp_path: Path) -> None:
+    _, target = torrent
+    other = make_payload(tmp_path / "other.bin", 300_000, seed=2)
+    out = murder("seed", str(target), str(other))
+    assert out.returncode == 3
+    assert "does not match the torrent" in out.stderr
+
+
+def test_unreachable_tracker_is_exit_4_after_bounded_retries(
+    torrent: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, target = torrent  # announces to 127.0.0.1:9 (discard port: nothing listens)
+    start = time.monotonic()
+    out = murder(
+        "peer",
+        str(target),
+        str(tmp_path / "dl.bin"),
+        "--foreground",
+        "--tracker-timeout",
+        "2",
+        "--minport",
+        "41000",
+        "--maxport",
+        "41999",
+    )
+    assert out.returncode == 4, out.stderr
+    assert "cannot reach tracker http://127.0.0.1:9" in out.stderr
+    assert "gave up after 2 s" in out.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_legacy_make_torrent_matches_the_new_command(
+    torrent: tuple[Path, Path], tmp_path: Path
+) -> None:
+    payload, target = torrent
+    legacy = tmp_path / "legacy.torrent"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from murder_core.cli import "
+            "legacy_make_torrent; sys.exit(legacy_make_torrent())",
+            str(payload),
+            "127.0.0.1:9",
+            str(legacy),
+        ],
+        env=ENV,
+        capture_output=True,
+    )
+    assert out.returncode == 0
+    assert legacy.read_bytes() == target.read_bytes()
+
+
+def test_legacy_tracker_flags_and_clean_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    dfile, logfile = tmp_path / "data", tmp_path / "f"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from murder_core.cli import legacy_tracker; sys.exit(legacy_tracker())",
+            "--port",
+            str(port),
+            "--dfile",
+            str(dfile),
+            "--logfile",
+            str(logfile),
+        ],
+        env=ENV,
+    )
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "tracker did not start"
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert dfile.exists()
+    assert logfile.exists()
+
+
+def test_peer_returns_when_verified_and_lingers_in_the_background(tmp_path: Path) -> None:
+    payload = make_payload(tmp_path / "app.bin", 2 * 1024 * 1024)
+    target = tmp_path / "dl" / "app.bin"
+    pidfile = tmp_path / "peer.pid"
+    with LocalSwarm(tmp_path / "run", payload) as sw:
+        sw.start_tracker()
+        sw.make_torrent()
+        sw.start_seeder()
+        out = murder(
+            "peer",
+            str(sw.torrent),
+            str(target),
+            "--ip",
+            "127.0.0.1",
+            "--linger",
+            "60",
+            "--pidfile",
+            str(pidfile),
+            "--minport",
+            "42000",
+            "--maxport",
+            "42999",
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert sha256(target) == sha256(payload)
+        lingering = int(pidfile.read_text())
+        os.kill(lingering, 0)  # still alive, seeding
+        os.kill(lingering, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pidfile.exists(), "the lingering seeder did not stop on SIGTERM"
