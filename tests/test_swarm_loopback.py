@@ -75,3 +75,54 @@ def test_killed_peer_resumes_from_what_is_on_disk(tmp_path: Path) -> None:
         resumed = int(log.split("resuming: ")[1].split(" of ")[0])
         assert resumed > 0, log
         assert sha256(target) == sha256(payload)
+
+
+def test_peer_serving_corrupt_blocks_is_banned_and_not_redialled(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from murder_dev.localswarm import ROOT, free_port
+
+    payload = make_payload(tmp_path / "release.bin", 8 * 1024 * 1024)
+    target = tmp_path / "p" / "release.bin"
+    with LocalSwarm(tmp_path / "run", payload) as sw:
+        sw.start_tracker()
+        sw.make_torrent(piece_size=256 * 1024)
+        # A slow honest seeder, so the liar gets asked for a good share of the pieces.
+        sw.start_seeder("--max-upload-rate", "2m")
+        bad_log = tmp_path / "bad.log"
+        with open(bad_log, "wb") as log:
+            bad = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "murder_dev.badpeer",
+                    str(sw.torrent),
+                    "--port",
+                    str(free_port()),
+                    "--lifetime",
+                    "120",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={"PYTHONPATH": str(ROOT), "PATH": ""},
+            )
+        try:
+            deadline = time.monotonic() + 20
+            while b"announced" not in bad_log.read_bytes():
+                assert time.monotonic() < deadline and bad.poll() is None, bad_log.read_text()
+                time.sleep(0.1)
+            sw.start_peer("victim", target, "--linger", "0")
+            assert sw.wait(["victim"], timeout=120) == {"victim": 0}, sw.log("victim")[-3000:]
+        finally:
+            bad.terminate()
+            bad.wait(10)
+        assert sha256(target) == sha256(payload)
+        victim = sw.log("victim")
+        assert "failed its SHA-1 check" in victim
+        assert "banning peer" in victim
+        assert (
+            bad_log.read_text().count("connection ")
+            - bad_log.read_text().count("connection closed")
+            == 1
+        ), bad_log.read_text()
