@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -82,10 +83,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--lifetime", type=float, default=300, help="exit after this long")
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(asyncio.TimeoutError):
         asyncio.run(_serve(args))
-    except asyncio.TimeoutError:
-        pass
 
 
 if __name__ == "__main__":
