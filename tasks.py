@@ -73,14 +73,38 @@ def swarm(c, peers=5, size_mb=64):
         shutil.rmtree(work, ignore_errors=True)
 
 
-ns = Collection(test, lint, build, swarm)
+CLUSTER_DIR = ROOT / ".cluster"
 
-try:  # the cluster tasks need the dev-only cluster module; keep --list working without it
-    from murder_dev import tasks_cluster
 
-    ns.add_collection(Collection.from_module(tasks_cluster, name="cluster"))
-    for extra in ("demo", "bench"):
-        if hasattr(tasks_cluster, extra):
-            ns.add_task(getattr(tasks_cluster, extra))
-except ImportError:
-    pass
+@task(help={"hosts": "number of hosts (h1 is tracker and seeder)", "rate": "tc rate per link"})
+def cluster_up(c, hosts=6, rate="100mbit"):
+    """Bring up N hosts in network namespaces, each with its own sshd (needs root)."""
+    from murder_dev import cluster
+
+    info = cluster.up(int(hosts), rate, CLUSTER_DIR)
+    print(cluster.status(CLUSTER_DIR))
+    print(f"inventory: {info.inventory}\nssh config: {info.ssh_config}")
+
+
+@task
+def cluster_down(c):
+    """Remove the local cluster: namespaces, links, bridge, sshd and every process in it."""
+    from murder_dev import cluster
+
+    cluster.down(CLUSTER_DIR)
+
+
+@task
+def cluster_status(c):
+    """Show the local cluster's hosts."""
+    from murder_dev import cluster
+
+    print(cluster.status(CLUSTER_DIR))
+
+
+cluster_ns = Collection("cluster")
+cluster_ns.add_task(cluster_up, "up")
+cluster_ns.add_task(cluster_down, "down")
+cluster_ns.add_task(cluster_status, "status")
+
+ns = Collection(test, lint, build, swarm, cluster_ns)
