@@ -23,6 +23,7 @@ from .peer import PeerLink
 from .picker import PiecePicker
 from .ratelimit import TokenBucket
 from .storage import Storage
+from .superseed import SuperSeeder
 from .values import PeerAddr
 from .wire import messages as m
 from .wire.connection import ChokeState, InterestState
@@ -42,6 +43,7 @@ class SessionConfig:
     idle_drop_after: float = 150.0  # nothing received at all: drop the peer
     keepalive_every: float = 60.0
     strikes_to_ban: int = 3  # shared bad pieces before a peer is banned
+    super_seed: bool = True  # a complete seeder reveals pieces a few at a time
 
 
 @dataclass
@@ -92,6 +94,11 @@ class Session:
         self.up_bucket = TokenBucket(config.max_upload_rate, now)
         self.down_bucket = TokenBucket(config.max_download_rate, now)
         self._serve_scheduled: set[PeerLink] = set()
+        self.superseed = (
+            SuperSeeder(meta.num_pieces, meta.piece_length)
+            if config.super_seed and storage.complete
+            else None
+        )
         self.stopping = False
 
     # -- state -------------------------------------------------------------------------
@@ -151,6 +158,8 @@ class Session:
         if link.remote_id is not None and self.by_id.get(link.remote_id) is link:
             del self.by_id[link.remote_id]
         self.picker.remove_peer(link)
+        if self.superseed is not None:
+            self.superseed.remove_peer(link)
         link.outstanding.clear()
         for peers in self.contributors.values():
             peers.discard(link)
@@ -200,7 +209,17 @@ class Session:
             self.drop(other, "duplicate connection")
         self.by_id[rid] = link
         link.ready = True
+        if self.superseed is not None:
+            link.send(
+                m.HaveNone() if link.conn.fast else m.Bitfield(bytes(len(self.storage.bitfield())))
+            )
+            self._reveal(self.superseed.add_peer(link, link.conn.peer_has), link)
+            return
         link.send(self._have_message(link))
+
+    def _reveal(self, pieces: list[int], link: PeerLink) -> None:
+        if pieces:
+            link.send_many([m.Have(i) for i in pieces])
 
     def _have_message(self, link: PeerLink) -> m.Message:
         count = self.storage.have_count
@@ -213,6 +232,8 @@ class Session:
     def _on_bitfield(self, link: PeerLink, msg: m.Bitfield) -> None:
         self.picker.peer_bitfield(link, link.conn.peer_pieces)
         self._update_interest(link)
+        if self.superseed is not None:
+            self._reveal(self.superseed.refresh(link), link)
 
     def _on_have_all(self, link: PeerLink, msg: m.HaveAll) -> None:
         self.picker.peer_has_all(link)
@@ -220,6 +241,8 @@ class Session:
 
     def _on_have(self, link: PeerLink, msg: m.Have) -> None:
         self.picker.peer_has(link, msg.index)
+        if self.superseed is not None:
+            self._reveal(self.superseed.refresh(link), link)
         if not _interested(link) and not self.picker.have(msg.index):
             self._update_interest(link)
 
@@ -356,9 +379,11 @@ class Session:
         if self.storage.verify_piece(index):
             self.picker.piece_passed(index)
             self.verified_bytes += self.meta.piece_size(index)
+            # Tell everyone, even peers that have it: a super-seeder learns from our Have
+            # that its offer arrived and that it may reveal the next piece.
             have = m.Have(index)
             for other in list(self.links):
-                if other.ready and not other.conn.peer_has(index):
+                if other.ready:
                     other.send(have)
             if self.picker.complete:
                 self._finished()
