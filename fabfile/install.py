@@ -1,0 +1,117 @@
+"""distribute_files: put murder.pyz (and Murder's old script names) on every host."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from fabfile.remote import Connections, HostError, Outcome, sh
+from fabfile.settings import Settings
+from murder_core.errors import DeployError
+
+#: Murder refused to clear a directory this full: it is probably not ours.
+MAX_FILES_TO_CLEAR = 1000
+LEGACY_SCRIPTS = ("murder_tracker.py", "murder_make_torrent.py", "murder_client.py")
+
+_PY_CHECK = (
+    "import sys; v = sys.version_info; print('%d.%d.%d' % v[:3]); sys.exit(0 if v >= (3, 9) else 1)"
+)
+_SHA256 = (
+    "import hashlib, sys\n"
+    "try:\n"
+    "    f = open(sys.argv[1], 'rb')\n"
+    "except OSError:\n"
+    "    print('missing'); sys.exit(0)\n"
+    "h = hashlib.sha256()\n"
+    "for chunk in iter(lambda: f.read(1 << 20), b''):\n"
+    "    h.update(chunk)\n"
+    "print(h.hexdigest())\n"
+)
+
+
+def local_pyz(settings: Settings) -> Path:
+    """The zipapp to ship; built on the spot (``murder_dev.build``) when missing."""
+    path = Path(settings.pyz)
+    if path.is_file():
+        return path
+    try:
+        from murder_dev.build import build_pyz
+    except ImportError as exc:
+        raise DeployError(
+            f"murder.pyz not found at {str(path)!r} and murder_dev is not importable "
+            "to build it: run `invoke build` in a murder checkout"
+        ) from exc
+    return Path(build_pyz(path))
+
+
+def files_to_ship(pyz: Path) -> List[Path]:
+    """The pyz plus whichever legacy shims were built beside it."""
+    return [pyz] + [pyz.parent / n for n in LEGACY_SCRIPTS if (pyz.parent / n).is_file()]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_python(conns: Connections, host: str, settings: Settings) -> str:
+    """The remote python3's version, or HostError saying what is wrong with it."""
+    result = conns.run(
+        host,
+        f"command -v {sh(settings.python)} >/dev/null || exit 127; "
+        f"{sh(settings.python, '-c', _PY_CHECK)}",
+        check=False,
+    )
+    if result.exited == 127:
+        raise HostError(host, f"{settings.python} not found on PATH")
+    version = result.stdout.strip()
+    if result.exited != 0:
+        raise HostError(host, f"{settings.python} >= 3.9 is required, found {version or '?'}")
+    return str(version)
+
+
+def clear_dir_script(path: str) -> str:
+    """``rm -rf`` the murder dir, unless it holds so many files it cannot be ours."""
+    limit = MAX_FILES_TO_CLEAR
+    return "\n".join(
+        [
+            f"n=$(find {sh(path)} -type f 2>/dev/null | head -n {limit + 1} | wc -l)",
+            f'if [ "$n" -gt {limit} ]; then',
+            f"  echo {sh(f'refusing to clear {path}: it holds more than {limit} files')} >&2",
+            "  exit 3",
+            "fi",
+            f"rm -rf {sh(path)} && mkdir -p {sh(path)}",
+        ]
+    )
+
+
+def install_on(
+    conns: Connections, host: str, settings: Settings, files: Sequence[Path], *, clear: bool
+) -> str:
+    """Install on one host; returns ``"installed"`` or ``"up to date"``."""
+    check_python(conns, host, settings)
+    target = settings.remote_murder_path
+    if clear:
+        conns.run(host, clear_dir_script(target))
+    else:
+        remote = conns.run(host, sh(settings.python, "-c", _SHA256, settings.pyz_remote))
+        if remote.stdout.strip() == sha256_file(files[0]):
+            return "up to date"
+        conns.run(host, f"mkdir -p {sh(target)}")
+    for path in files:
+        mode = 0o644 if path.suffix == ".pyz" else 0o755
+        conns.put(host, str(path), f"{target}/{path.name}", mode=mode)
+    conns.run(host, f"{sh(settings.python, settings.pyz_remote, '--help')} >/dev/null")
+    return "installed"
+
+
+def distribute_files(
+    conns: Connections, settings: Settings, hosts: Sequence[str], *, clear: bool = True
+) -> Dict[str, Outcome[str]]:
+    """Murder's distribute_files; ``clear=False`` (the deploy) skips hosts already current."""
+    files = files_to_ship(local_pyz(settings))
+    return conns.map(hosts, lambda h: install_on(conns, h, settings, files, clear=clear))

@@ -1,0 +1,103 @@
+"""Put a downloaded payload in place on a host: extract, switch ``current``, prune, roll back.
+
+The work is done on the host by :mod:`fabfile.remote_release`, sent as the source of a
+``python3 -c`` (see that module for why). Murder's ``peer`` task extracts into
+``destination_path/TAG`` (or ``destination_path`` with ``no_tag_directory``); ``fab
+deploy`` uses Capistrano's ``releases/TAG`` plus a ``current`` symlink.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from fabfile.remote import Connections, HostError, Outcome, sh
+from fabfile.settings import Settings
+
+
+@lru_cache(maxsize=1)
+def helper_source() -> str:
+    return Path(__file__).with_name("remote_release.py").read_text(encoding="utf-8")
+
+
+def helper_command(settings: Settings, *args: str) -> str:
+    return sh(settings.python, "-c", helper_source(), *args)
+
+
+def payload_name(settings: Settings, source: Optional[str]) -> str:
+    """With ``path_is_file``, the file keeps the name it had where it came from."""
+    if source:
+        name = Path(source.rstrip("/")).name
+        if name:
+            return name
+    return f"{settings.require_tag()}.tgz"
+
+
+def extract_on(
+    conns: Connections,
+    host: str,
+    settings: Settings,
+    target: str,
+    *,
+    path_is_file: bool,
+    file_name: str,
+    replace: bool,
+) -> None:
+    kind = "file" if path_is_file else "tar"
+    conns.run(
+        host,
+        helper_command(
+            settings, "extract", settings.payload, target, kind, file_name, "1" if replace else "0"
+        ),
+    )
+
+
+def install_release(
+    conns: Connections, host: str, settings: Settings, *, path_is_file: bool, file_name: str
+) -> None:
+    """releases/TAG, then the atomic switch of ``current``, then prune to keep_releases."""
+    extract_on(
+        conns,
+        host,
+        settings,
+        settings.release_dir,
+        path_is_file=path_is_file,
+        file_name=file_name,
+        replace=settings.force,
+    )
+    dest = settings.destination_path
+    conns.run(host, helper_command(settings, "switch", dest, settings.require_tag()))
+    conns.run(host, helper_command(settings, "prune", dest, str(settings.keep_releases)))
+
+
+def existing_release(conns: Connections, host: str, settings: Settings) -> bool:
+    out = conns.run(
+        host, helper_command(settings, "exists", settings.destination_path, settings.require_tag())
+    )
+    return str(out.stdout).strip() == "yes"
+
+
+def hosts_with_release(
+    conns: Connections, settings: Settings, hosts: Sequence[str]
+) -> Dict[str, Outcome[bool]]:
+    return conns.map(hosts, lambda h: existing_release(conns, h, settings))
+
+
+def rollback_on(conns: Connections, host: str, settings: Settings, tag: str = "") -> str:
+    args = ["rollback", settings.destination_path] + ([tag] if tag else [])
+    out = str(conns.run(host, helper_command(settings, *args)).stdout).strip()
+    if "->" not in out:
+        raise HostError(host, f"rollback said {out!r}")
+    return out
+
+
+def current_on(conns: Connections, host: str, settings: Settings) -> str:
+    out = conns.run(host, helper_command(settings, "current", settings.destination_path))
+    return str(out.stdout).strip()
+
+
+def rollback_all(
+    conns: Connections, settings: Settings, hosts: List[str], tag: str = ""
+) -> Dict[str, Outcome[str]]:
+    return conns.map(hosts, lambda h: rollback_on(conns, h, settings, tag))

@@ -1,0 +1,396 @@
+"""SSH to the fleet: one connection per host, bounded parallelism, timeouts, quoting.
+
+Every stage goes through :class:`Connections`, built once from the inventory and
+reused for the whole deploy (each command is a new channel on the same transport).
+Fabric's ``Connection`` trusts any host key (AutoAddPolicy) and loads no known_hosts;
+we load the files the user's ssh_config names and reject unknown keys, as OpenSSH
+with ``StrictHostKeyChecking yes`` would.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, TypeVar
+
+from fabric import Config, Connection  # type: ignore[import-untyped]
+from invoke.exceptions import CommandTimedOut
+from paramiko import RejectPolicy
+from paramiko.ssh_exception import SSHException
+
+from fabfile.inventory import Host, Inventory
+from murder_core.errors import DeployError, HostError
+
+__all__ = ["Connections", "HostError", "Outcome", "sh", "start_detached_script", "stop_script"]
+
+T = TypeVar("T")
+
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts ~/.ssh/known_hosts2"
+DEFAULT_GLOBAL_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2"
+MAX_ERROR_CHARS = 400
+#: paramiko waits an hour for a new channel by default; a dead link must fail sooner.
+CHANNEL_OPEN_TIMEOUT = 30
+#: How much longer than a command's own timeout we wait before giving up on it.
+BACKSTOP_SECONDS = 60
+#: Uploads and downloads of the pyz and .torrent files: small, but links can be slow.
+TRANSFER_TIMEOUT = 600
+
+
+def sh(*argv: str) -> str:
+    """One shell word per argument, whatever the argument holds."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line, clipped: what a table cell can hold of an error."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[-1] if lines else ""
+    return line[:MAX_ERROR_CHARS]
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What one host's job in a parallel stage came to."""
+
+    host: str
+    value: Optional[T] = None
+    error: Optional[str] = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _expand_known_hosts(value: str, user: str, host: str) -> List[str]:
+    paths = []
+    home = os.path.expanduser("~")
+    for word in value.split():
+        word = word.replace("%d", home).replace("%u", user).replace("%h", host)
+        paths.append(os.path.expanduser(word))
+    return paths
+
+
+def make_connection(host: Host, config: Config, connect_timeout: int) -> Connection:
+    """A fabric Connection for ``host`` that honours ssh_config and known_hosts strictly.
+
+    The ssh_config block is looked up by the inventory name (as ``ssh h2`` would), and
+    ``ansible_host`` then overrides the address, as Ansible does.
+    """
+    kwargs: Dict[str, Any] = {}
+    if host.key_file:
+        kwargs["key_filename"] = [os.path.expanduser(host.key_file)]
+    conn = Connection(
+        host.name,
+        user=host.user,
+        port=host.port,
+        config=config,
+        connect_timeout=connect_timeout,
+        connect_kwargs=kwargs or None,
+    )
+    if host.address:
+        conn.host = host.address
+    ssh_conf = conn.ssh_config
+    for path in _expand_known_hosts(
+        str(ssh_conf.get("globalknownhostsfile", DEFAULT_GLOBAL_KNOWN_HOSTS)), conn.user, conn.host
+    ) + _expand_known_hosts(
+        str(ssh_conf.get("userknownhostsfile", DEFAULT_KNOWN_HOSTS)), conn.user, conn.host
+    ):
+        if os.path.isfile(path):
+            conn.client.load_system_host_keys(path)
+    conn.client.set_missing_host_key_policy(RejectPolicy())
+    return conn
+
+
+class Connections:
+    """One SSH connection per inventory host, opened lazily, shared by every stage.
+
+    A host whose connection failed is remembered in :attr:`failed` and not retried, so
+    one dead host costs one connect timeout per deploy, not one per stage.
+    """
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        config: Config,
+        *,
+        connect_timeout: int = 10,
+        command_timeout: int = 300,
+        max_parallel: int = 50,
+    ) -> None:
+        self.inventory = inventory
+        self.config = config
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.max_parallel = max_parallel
+        self.failed: Dict[str, str] = {}
+        self._conns: Dict[str, Connection] = {}
+        self._lock = threading.Lock()
+        self._ips: Dict[str, str] = {}
+        self._reached: List[str] = []
+        self._opening: Dict[str, threading.Lock] = {}
+        #: SSH connections opened so far: one per host for a whole deploy, if all is well.
+        self.opens = 0
+
+    def connection(self, name: str) -> Connection:
+        with self._lock:
+            if name in self.failed:
+                raise HostError(name, self.failed[name])
+            conn = self._conns.get(name)
+            if conn is None:
+                conn = make_connection(self.inventory.host(name), self.config, self.connect_timeout)
+                self._conns[name] = conn
+            opening = self._opening.setdefault(name, threading.Lock())
+        with opening:  # two stages touching one host at once must not both connect
+            self._open(name, conn)
+        return conn
+
+    def _open(self, name: str, conn: Connection) -> None:
+        with self._lock:
+            if name in self.failed:
+                raise HostError(name, self.failed[name])
+        if not conn.is_connected:
+            try:
+                conn.open()
+            except (SSHException, OSError, EOFError) as exc:
+                message = f"ssh: {type(exc).__name__}: {exc}".strip()
+                with self._lock:
+                    self.failed.setdefault(name, message)
+                raise HostError(name, message) from exc
+            conn.transport.channel_timeout = max(CHANNEL_OPEN_TIMEOUT, self.connect_timeout)
+            with self._lock:
+                self.opens += 1
+                if name not in self._reached:
+                    self._reached.append(name)
+
+    def run(
+        self,
+        name: str,
+        script: str,
+        *,
+        timeout: Optional[float] = None,
+        check: bool = True,
+    ) -> Any:
+        """Run ``script`` under ``sh -c`` on host ``name``; HostError unless it exits 0.
+
+        The login shell of the remote user may not be POSIX (fish, csh): wrapping in
+        ``sh -c`` makes the quoting we do mean the same thing everywhere.
+        """
+        conn = self.connection(name)
+        limit = self.command_timeout if timeout is None else timeout
+        try:
+            result = interruptible(
+                lambda: conn.run(
+                    "sh -c " + shlex.quote(script),
+                    hide=True,
+                    warn=True,
+                    in_stream=False,
+                    timeout=limit,
+                ),
+                limit + BACKSTOP_SECONDS,
+            )
+        except CommandTimedOut as exc:
+            raise HostError(name, f"command timed out after {limit:g}s") from exc
+        except TimeoutError as exc:
+            raise HostError(name, f"command timed out: {exc}") from exc
+        except (SSHException, OSError, EOFError) as exc:
+            raise HostError(name, f"ssh: {type(exc).__name__}: {exc}") from exc
+        if check and result.exited != 0:
+            detail = last_line(result.stderr) or last_line(result.stdout)
+            raise HostError(name, f"exit {result.exited}: {detail}")
+        return result
+
+    def put(self, name: str, local: str, remote: str, mode: int = 0o600) -> None:
+        """Upload to ``remote`` via a temp name and rename, so readers never see half a file."""
+        conn = self.connection(name)
+        partial = f"{remote}.part-{os.getpid()}"
+
+        def transfer() -> None:
+            sftp = conn.sftp()
+            sftp.put(local, partial)
+            sftp.chmod(partial, mode)
+            sftp.posix_rename(partial, remote)
+
+        try:
+            interruptible(transfer, TRANSFER_TIMEOUT)
+        except (SSHException, OSError, EOFError) as exc:
+            raise HostError(name, f"upload to {remote} failed: {exc}") from exc
+
+    def get(self, name: str, remote: str, local: str) -> None:
+        conn = self.connection(name)
+        try:
+            interruptible(lambda: conn.sftp().get(remote, local), TRANSFER_TIMEOUT)
+        except (SSHException, OSError, EOFError) as exc:
+            raise HostError(name, f"download of {remote} failed: {exc}") from exc
+
+    def ip_of(self, name: str) -> str:
+        """The address other hosts reach ``name`` on.
+
+        The inventory's ``murder_ip`` or IP-literal ``ansible_host`` wins; otherwise the
+        server side of our own SSH connection (``$SSH_CONNECTION``), which is an address
+        the host really listens on, whatever DNS or ssh_config aliases say.
+        """
+        with self._lock:
+            cached = self._ips.get(name)
+        if cached is not None:
+            return cached
+        known = self.inventory.host(name).known_ip
+        if known is None:
+            out = self.run(name, 'printf "%s\\n" "$SSH_CONNECTION"').stdout.split()
+            if len(out) != 4:
+                raise HostError(name, f"cannot tell this host's address from {out!r}")
+            known = out[2]
+        with self._lock:
+            self._ips[name] = known
+        return known
+
+    def map(
+        self, names: Sequence[str], job: Callable[[str], T], *, skip_failed: bool = True
+    ) -> Dict[str, Outcome[T]]:
+        """Run ``job(host)`` for every host, at most ``max_parallel`` at a time.
+
+        Ctrl-C stops waiting at once (queued jobs are cancelled) so the caller's teardown
+        can run; jobs already running end when teardown stops their remote processes.
+        """
+        results: Dict[str, Outcome[T]] = {}
+        todo = [n for n in names if not (skip_failed and n in self.failed)]
+        for name in names:
+            if name not in todo:
+                results[name] = Outcome(name, error=self.failed[name])
+        if not todo:
+            return results
+        pool = ThreadPoolExecutor(max_workers=min(self.max_parallel, len(todo)))
+
+        def timed(name: str) -> Outcome[T]:
+            start = time.monotonic()
+            try:
+                value = job(name)
+            except HostError as exc:
+                return Outcome(name, error=exc.reason, seconds=time.monotonic() - start)
+            except DeployError as exc:
+                return Outcome(name, error=str(exc), seconds=time.monotonic() - start)
+            return Outcome(name, value=value, seconds=time.monotonic() - start)
+
+        futures: Dict[str, Future[Outcome[T]]] = {}
+        try:
+            for name in todo:
+                futures[name] = pool.submit(timed, name)
+            for name, fut in futures.items():
+                results[name] = fut.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return {n: results[n] for n in names}
+
+    def reached(self) -> List[str]:
+        """Hosts we connected to at least once: the only ones we can have started anything on."""
+        with self._lock:
+            return list(self._reached)
+
+    def close(self) -> None:
+        with self._lock:
+            conns = list(self._conns.values())
+        for conn in conns:
+            conn.close()
+
+
+def interruptible(call: Callable[[], T], seconds: float) -> T:
+    """Run ``call`` so that Ctrl-C reaches the caller at once.
+
+    Invoke's runner catches KeyboardInterrupt, forwards it to the remote command (a
+    ``\x03`` that a non-tty command never reads) and keeps waiting: a deploy would
+    ignore Ctrl-C for as long as a remote step runs. So the main thread runs the call
+    in a daemon thread and only waits, where an interrupt is raised as usual; teardown
+    then stops the remote processes, which ends the abandoned call. ``seconds`` bounds
+    the wait (the call has its own, shorter timeout; this is the backstop).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    done = threading.Event()
+    box: Dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the waiting thread below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="murder-ssh", daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"no answer after {seconds:g}s")
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
+
+
+# Detached processes and their pidfiles. The engine writes and removes the pidfile
+# itself (``--pidfile``); we only ever signal a pid whose command line names
+# murder.pyz, so a stale pidfile pointing at a recycled pid harms nothing.
+STOP_FUNCTION = r"""
+murder_stop() {
+  pf=$1
+  [ -f "$pf" ] || return 0
+  pid=$(head -c 32 "$pf" | tr -dc 0-9)
+  if [ -n "$pid" ] && grep -q murder.pyz "/proc/$pid/cmdline" 2>/dev/null; then
+    kill "$pid" 2>/dev/null
+    i=0
+    while [ $i -lt 100 ] && grep -q murder.pyz "/proc/$pid/cmdline" 2>/dev/null; do
+      sleep 0.1; i=$((i+1))
+    done
+    if grep -q murder.pyz "/proc/$pid/cmdline" 2>/dev/null; then
+      kill -9 "$pid" 2>/dev/null
+      echo "murder: pid $pid ignored SIGTERM for 10s, killed" >&2
+    fi
+  fi
+  rm -f "$pf"
+}
+"""
+
+
+def stop_script(pidfiles: Sequence[str], globs: Sequence[str] = ()) -> str:
+    """Stop each process named by a pidfile (``globs`` are left unquoted on purpose:
+    they are built from validated paths plus a literal ``*``)."""
+    lines = [STOP_FUNCTION]
+    lines.extend(f"murder_stop {shlex.quote(p)}" for p in pidfiles)
+    for pattern in globs:
+        lines.append(f'for f in {pattern}; do murder_stop "$f"; done')
+    lines.append("exit 0")
+    return "\n".join(lines)
+
+
+def start_detached_script(
+    argv: Sequence[str], *, workdir: str, pidfile: str, output: str, wait_seconds: int = 15
+) -> str:
+    """Start ``argv`` detached from the SSH session and wait until its pidfile appears.
+
+    ``setsid`` + ``nohup`` + redirected fds let the channel close while the process
+    keeps running; a process that dies before writing its pidfile is reported with
+    the tail of its output.
+    """
+    ticks = wait_seconds * 10
+    return "\n".join(
+        [
+            f"mkdir -p -m 700 {sh(workdir)} && cd {sh(workdir)} || exit 1",
+            f"rm -f {sh(pidfile)}",
+            f"nohup $(command -v setsid) {sh(*argv)} </dev/null >{sh(output)} 2>&1 &",
+            "child=$!",
+            "i=0",
+            f"while [ $i -lt {ticks} ]; do",
+            f"  if [ -s {sh(pidfile)} ]; then exit 0; fi",
+            '  if ! kill -0 "$child" 2>/dev/null; then',
+            f"    sleep 0.2; tail -n 5 {sh(output)} >&2; exit 1",
+            "  fi",
+            "  sleep 0.1; i=$((i+1))",
+            "done",
+            f"echo {sh(f'no pidfile {pidfile} after {wait_seconds}s')} >&2",
+            "exit 1",
+        ]
+    )

@@ -1,0 +1,261 @@
+"""Release operations that run ON the hosts, sent as ``python3 -c SOURCE CMD ARGS``.
+
+Standalone on purpose (stdlib only, Python 3.9+, no imports from murder): hosts have
+python3 and the files we put there, nothing else. Doing this in Python rather than
+shell gives us tarfile's extraction filters, ``os.replace`` for an atomic symlink
+switch on any Unix, and exact error messages.
+
+Layout (Capistrano's): DEST/releases/TAG, DEST/current -> releases/TAG. A release's
+directory mtime is set when it is installed, which orders releases for prune and
+rollback without a separate state file.
+
+Commands:
+  extract SRC TARGET KIND NAME REPLACE   KIND tar|file; REPLACE 1 replaces a non-empty TARGET
+  switch DEST TAG                        point DEST/current at releases/TAG atomically
+  prune DEST KEEP                        keep the newest KEEP releases (and the current one)
+  rollback DEST [TAG]                    point current at the release before it (or at TAG)
+  exists DEST TAG                        print yes or no
+  current DEST                           print the current tag (empty if none)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tarfile
+import time
+from typing import List, Optional, Sequence, Tuple, Type
+
+PROG = "murder-release"
+EXIT_REFUSED = 3
+EXIT_UNSAFE = 4
+#: tarfile.FilterError exists only where extraction filters do (3.9.17+, 3.11.4+).
+_FILTER_ERRORS: Tuple[Type[BaseException], ...] = (
+    (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+)
+
+
+class ReleaseError(Exception):
+    """Something this script refuses or fails to do; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _within(root: str, path: str) -> bool:
+    return os.path.commonpath([root, path]) == root
+
+
+def checked_members(tar: tarfile.TarFile, dest: str) -> List[tarfile.TarInfo]:
+    """Our own version of the ``data`` filter, for Pythons older than 3.9.17.
+
+    Refuses absolute names, names or links that leave ``dest``, and anything but
+    regular files, directories and links; strips setuid/setgid/sticky and
+    group/other write bits, and ownership.
+    """
+    root = os.path.realpath(dest)
+    out = []
+    for member in tar.getmembers():
+        name = member.name
+        if os.path.isabs(name) or name.startswith("/"):
+            raise ReleaseError(f"unsafe archive member {name!r}: absolute path", EXIT_UNSAFE)
+        target = os.path.realpath(os.path.join(root, name))
+        if not _within(root, target):
+            raise ReleaseError(f"unsafe archive member {name!r}: outside {dest}", EXIT_UNSAFE)
+        if member.issym():
+            if os.path.isabs(member.linkname):
+                raise ReleaseError(
+                    f"unsafe archive member {name!r}: absolute symlink to {member.linkname!r}",
+                    EXIT_UNSAFE,
+                )
+            pointed = os.path.join(os.path.dirname(target), member.linkname)
+            if not _within(root, os.path.realpath(pointed)):
+                raise ReleaseError(
+                    f"unsafe archive member {name!r}: symlink to {member.linkname!r} "
+                    "leaves the release",
+                    EXIT_UNSAFE,
+                )
+        elif member.islnk():
+            pointed = os.path.realpath(os.path.join(root, member.linkname))
+            if os.path.isabs(member.linkname) or not _within(root, pointed):
+                raise ReleaseError(
+                    f"unsafe archive member {name!r}: hard link to {member.linkname!r} "
+                    "leaves the release",
+                    EXIT_UNSAFE,
+                )
+        elif not (member.isfile() or member.isdir()):
+            raise ReleaseError(f"unsafe archive member {name!r}: special file", EXIT_UNSAFE)
+        member.mode &= 0o755
+        member.uid = member.gid = 0
+        member.uname = member.gname = ""
+        out.append(member)
+    return out
+
+
+def extract_tar(src: str, dest: str, use_filter: Optional[bool] = None) -> None:
+    """Extract ``src`` into the existing directory ``dest``, refusing hostile members."""
+    if use_filter is None:
+        use_filter = hasattr(tarfile, "data_filter")
+    try:
+        with tarfile.open(src, "r:*") as tar:
+            if use_filter:
+                tar.extractall(dest, filter="data")
+            else:
+                tar.extractall(dest, members=checked_members(tar, dest))
+    except _FILTER_ERRORS as exc:
+        raise ReleaseError(f"unsafe archive member: {exc}", EXIT_UNSAFE) from exc
+    except tarfile.TarError as exc:
+        raise ReleaseError(f"{src} is not a readable tarball: {exc}") from exc
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def extract(
+    src: str, target: str, kind: str, name: str, replace: bool, use_filter: Optional[bool] = None
+) -> None:
+    """Build the release beside ``target`` and rename it into place.
+
+    Nothing appears under ``target`` until the payload is fully extracted; a failure
+    leaves only the hidden work directory, which the next attempt clears.
+    """
+    target = os.path.abspath(target)
+    if os.path.lexists(target):
+        empty = os.path.isdir(target) and not os.path.islink(target) and not os.listdir(target)
+        if not empty and not replace:
+            raise ReleaseError(f"destination {target} exists and is not empty", EXIT_REFUSED)
+    parent, base = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    work = os.path.join(parent, f".{base}.murder-tmp")
+    old = os.path.join(parent, f".{base}.murder-old")
+    _remove(work)
+    _remove(old)
+    os.mkdir(work, 0o755)
+    try:
+        if kind == "file":
+            if not name or "/" in name or name in (".", ".."):
+                raise ReleaseError(f"bad file name {name!r}")
+            shutil.copyfile(src, os.path.join(work, name))
+        elif kind == "tar":
+            extract_tar(src, work, use_filter)
+        else:
+            raise ReleaseError(f"unknown payload kind {kind!r}")
+    except OSError as exc:
+        _remove(work)
+        raise ReleaseError(f"cannot extract {src} into {target}: {exc}") from exc
+    except BaseException:
+        _remove(work)
+        raise
+    if os.path.lexists(target):
+        os.rename(target, old)
+    os.rename(work, target)
+    _remove(old)
+    now = time.time()
+    os.utime(target, (now, now))
+
+
+def _releases_dir(dest: str) -> str:
+    return os.path.join(dest, "releases")
+
+
+def releases(dest: str) -> List[str]:
+    """Tags under DEST/releases, oldest first (by install time, then name)."""
+    root = _releases_dir(dest)
+    try:
+        names = [n for n in os.listdir(root) if not n.startswith(".")]
+    except FileNotFoundError:
+        return []
+    dirs = [n for n in names if os.path.isdir(os.path.join(root, n))]
+    return sorted(dirs, key=lambda n: (os.stat(os.path.join(root, n)).st_mtime_ns, n))
+
+
+def current(dest: str) -> str:
+    link = os.path.join(dest, "current")
+    if not os.path.islink(link):
+        if os.path.lexists(link):
+            raise ReleaseError(f"{link} exists and is not a symlink", EXIT_REFUSED)
+        return ""
+    target = os.readlink(link)
+    head, tag = os.path.split(target.rstrip("/"))
+    if os.path.basename(head) != "releases":
+        raise ReleaseError(f"{link} points at {target}, not at a release", EXIT_REFUSED)
+    return tag
+
+
+def switch(dest: str, tag: str) -> None:
+    """``ln -s`` to a temp name, then rename over ``current``: never a moment without it."""
+    if not os.path.isdir(os.path.join(_releases_dir(dest), tag)):
+        raise ReleaseError(f"no release {tag!r} in {_releases_dir(dest)}", EXIT_REFUSED)
+    current(dest)  # refuses a ``current`` that is a real directory or a foreign link
+    link = os.path.join(dest, "current")
+    tmp = os.path.join(dest, f".current.{os.getpid()}.tmp")
+    _remove(tmp)
+    os.symlink(os.path.join("releases", tag), tmp)
+    os.replace(tmp, link)
+
+
+def prune(dest: str, keep: int) -> List[str]:
+    if keep < 1:
+        raise ReleaseError(f"keep must be at least 1, got {keep}")
+    live = current(dest)
+    ordered = releases(dest)
+    doomed = [t for t in ordered[: max(0, len(ordered) - keep)] if t != live]
+    for tag in doomed:
+        shutil.rmtree(os.path.join(_releases_dir(dest), tag))
+    return doomed
+
+
+def rollback(dest: str, tag: str = "") -> str:
+    live = current(dest)
+    ordered = releases(dest)
+    if tag:
+        if tag not in ordered:
+            raise ReleaseError(f"no release {tag!r} in {_releases_dir(dest)}", EXIT_REFUSED)
+        chosen = tag
+    else:
+        if live not in ordered:
+            raise ReleaseError(f"no current release in {dest} to roll back from", EXIT_REFUSED)
+        index = ordered.index(live)
+        if index == 0:
+            raise ReleaseError(f"no release older than {live!r} in {dest}", EXIT_REFUSED)
+        chosen = ordered[index - 1]
+    switch(dest, chosen)
+    return f"{live} -> {chosen}"
+
+
+def main(argv: Sequence[str]) -> int:
+    try:
+        if not argv:
+            raise ReleaseError("usage: extract|switch|prune|rollback|exists|current ...", 2)
+        cmd, args = argv[0], list(argv[1:])
+        if cmd == "extract" and len(args) == 5:
+            extract(args[0], args[1], args[2], args[3], args[4] == "1")
+        elif cmd == "switch" and len(args) == 2:
+            switch(args[0], args[1])
+        elif cmd == "prune" and len(args) == 2:
+            print(" ".join(prune(args[0], int(args[1]))))
+        elif cmd == "rollback" and len(args) in (1, 2):
+            print(rollback(args[0], args[1] if len(args) == 2 else ""))
+        elif cmd == "exists" and len(args) == 2:
+            print("yes" if os.path.lexists(os.path.join(_releases_dir(args[0]), args[1])) else "no")
+        elif cmd == "current" and len(args) == 1:
+            print(current(args[0]))
+        else:
+            raise ReleaseError(f"bad command line: {' '.join(argv)!r}", 2)
+    except ReleaseError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return exc.code
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,49 @@
+"""start_seeding / stop_seeding / stop_all_seeding on the seeder."""
+
+from __future__ import annotations
+
+from fabfile.remote import Connections, sh, start_detached_script, stop_script
+from fabfile.settings import Settings
+
+
+def seed_argv(settings: Settings, ip: str) -> list[str]:
+    return [
+        settings.python,
+        settings.pyz_remote,
+        "seed",
+        settings.torrent,
+        settings.payload,
+        "--ip",
+        ip,
+        "--bind",
+        ip,
+        "--pidfile",
+        settings.pidfile("seeder"),
+        "--logfile",
+        settings.logfile("seeder"),
+        "--quiet",
+    ]
+
+
+def start_seeding(conns: Connections, settings: Settings) -> None:
+    host = conns.inventory.seeder.name
+    ip = conns.ip_of(host)
+    conns.run(host, stop_script([settings.pidfile("seeder")]))
+    conns.run(
+        host,
+        start_detached_script(
+            seed_argv(settings, ip),
+            workdir=settings.temp_path,
+            pidfile=settings.pidfile("seeder"),
+            output=f"{settings.temp_path}/seeder-{settings.require_tag()}.out",
+        ),
+    )
+
+
+def stop_seeding(conns: Connections, settings: Settings) -> None:
+    conns.run(conns.inventory.seeder.name, stop_script([settings.pidfile("seeder")]))
+
+
+def stop_all_seeding(conns: Connections, settings: Settings) -> None:
+    pattern = f"{sh(settings.temp_path)}/seeder-*.pid"
+    conns.run(conns.inventory.seeder.name, stop_script([], globs=[pattern]))

@@ -1,0 +1,243 @@
+"""Every knob of a deploy: defaults, validation, and the layout of remote paths.
+
+Values come from ``ns.configure`` (these defaults), then ``fabric.yaml``, then
+``FABRIC_MURDER_*`` environment variables, then task flags; Invoke merges the first
+three and :func:`settings_from_config` lays the flags on top. Everything a remote shell
+will see is validated here once, so the stages can trust it (and still quote it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any, Dict, Mapping, Optional
+
+from murder_core.errors import DeployError
+
+#: The ``murder`` section of the config; names are Murder's where Murder had one.
+DEFAULTS: Dict[str, Any] = {
+    "inventory": "hosts.ini",
+    "tag": None,
+    "files_path": None,
+    "local_path": None,
+    "path_is_file": False,
+    "no_tag_directory": False,
+    "unsafe_please_delete": False,
+    "destination_path": "/srv/murder/app",
+    "temp_path": "/tmp/murder",
+    "remote_murder_path": "/srv/murder/bin",
+    "tracker_port": 8998,
+    "keep_releases": 5,
+    "force": False,
+    "pyz": "dist/murder.pyz",
+    "python": "python3",
+    "local_torrent_dir": ".murder",
+    "max_parallel": 50,
+    "connect_timeout": 10,
+    "command_timeout": 300,
+    "peer_timeout": 1800,
+    "linger": 600,
+    "progress": True,
+    "stats_interval": 1.0,
+    "json": None,
+}
+
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+MAX_TAG_LENGTH = 100
+_INT_KEYS = {
+    "tracker_port": (1, 65535),
+    "keep_releases": (1, 10_000),
+    "max_parallel": (1, 10_000),
+    "connect_timeout": (1, 3600),
+    "command_timeout": (1, 86_400),
+    "peer_timeout": (1, 86_400),
+    "linger": (0, 86_400),
+}
+_BOOL_KEYS = ("path_is_file", "no_tag_directory", "unsafe_please_delete", "force", "progress")
+_REMOTE_PATH_KEYS = ("destination_path", "temp_path", "remote_murder_path")
+
+
+def check_tag(tag: Any) -> str:
+    """A tag names a directory on every host: refuse anything that is not a plain name."""
+    if not isinstance(tag, str) or not tag:
+        raise DeployError("a tag is required (--tag, or murder.tag in the config)")
+    if "/" in tag or not _TAG_RE.match(tag) or len(tag) > MAX_TAG_LENGTH:
+        raise DeployError(
+            "tag must be 1-100 characters of [A-Za-z0-9._-], not start with '.' or '-', "
+            f"and contain no '/', got {tag!r}"
+        )
+    return tag
+
+
+def check_remote_path(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise DeployError(f"{key} must be an absolute path, got {value!r}")
+    if any(ch in value for ch in "\0\n\r"):
+        raise DeployError(f"{key} must not contain NUL or newlines, got {value!r}")
+    stripped = value.rstrip("/")
+    if stripped == "" or ".." in stripped.split("/"):
+        raise DeployError(f"{key} must be a directory below / without '..', got {value!r}")
+    return stripped
+
+
+def _to_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value is None or (
+        isinstance(value, str) and value.lower() in ("", "0", "false", "no", "off")
+    ):
+        return False
+    raise DeployError(f"{key} must be true or false, got {value!r}")
+
+
+def _to_int(key: str, value: Any) -> int:
+    low, high = _INT_KEYS[key]
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise DeployError(f"{key} must be an integer in {low}..{high}, got {value!r}") from None
+    if isinstance(value, bool) or not low <= number <= high or str(number) != str(value).strip():
+        raise DeployError(f"{key} must be an integer in {low}..{high}, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated ``murder`` config for one task run."""
+
+    inventory: str = DEFAULTS["inventory"]
+    tag: Optional[str] = None
+    files_path: Optional[str] = None
+    local_path: Optional[str] = None
+    path_is_file: bool = False
+    no_tag_directory: bool = False
+    unsafe_please_delete: bool = False
+    destination_path: str = DEFAULTS["destination_path"]
+    temp_path: str = DEFAULTS["temp_path"]
+    remote_murder_path: str = DEFAULTS["remote_murder_path"]
+    tracker_port: int = DEFAULTS["tracker_port"]
+    keep_releases: int = DEFAULTS["keep_releases"]
+    force: bool = False
+    pyz: str = DEFAULTS["pyz"]
+    python: str = DEFAULTS["python"]
+    local_torrent_dir: str = DEFAULTS["local_torrent_dir"]
+    max_parallel: int = DEFAULTS["max_parallel"]
+    connect_timeout: int = DEFAULTS["connect_timeout"]
+    command_timeout: int = DEFAULTS["command_timeout"]
+    peer_timeout: int = DEFAULTS["peer_timeout"]
+    linger: int = DEFAULTS["linger"]
+    progress: bool = True
+    stats_interval: float = DEFAULTS["stats_interval"]
+    json: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.tag is not None:
+            check_tag(self.tag)
+        for key in _REMOTE_PATH_KEYS:
+            check_remote_path(key, getattr(self, key))
+        if self.files_path is not None:
+            check_remote_path("files_path", self.files_path)
+        if self.files_path is not None and self.local_path is not None:
+            raise DeployError("give either files_path (on the seeder) or local_path, not both")
+        if not self.python or any(ch.isspace() for ch in self.python):
+            raise DeployError(f"python must be one command without spaces, got {self.python!r}")
+        if not 0.05 <= self.stats_interval <= 60:
+            raise DeployError(
+                f"stats_interval must be in 0.05..60 seconds, got {self.stats_interval}"
+            )
+
+    # Remote layout: one place, so stages and teardown agree on every name.
+    def require_tag(self) -> str:
+        return check_tag(self.tag)
+
+    @property
+    def payload(self) -> str:
+        """Murder's ``filename``: the tarball (or the file itself) being swarmed."""
+        return f"{self.temp_path}/{self.require_tag()}.tgz"
+
+    @property
+    def torrent(self) -> str:
+        return self.payload + ".torrent"
+
+    @property
+    def allowed_dir(self) -> str:
+        return f"{self.temp_path}/torrents"
+
+    @property
+    def tracker_torrent(self) -> str:
+        return f"{self.allowed_dir}/{self.require_tag()}.tgz.torrent"
+
+    @property
+    def pyz_remote(self) -> str:
+        return f"{self.remote_murder_path}/murder.pyz"
+
+    def pidfile(self, role: str) -> str:
+        """``role`` is ``tracker``, ``seeder``, ``peer`` or ``peer-fg``."""
+        if role == "tracker":
+            return f"{self.temp_path}/tracker.pid"
+        return f"{self.temp_path}/{role}-{self.require_tag()}.pid"
+
+    def logfile(self, role: str) -> str:
+        if role == "tracker":
+            return f"{self.temp_path}/tracker.log"
+        return f"{self.temp_path}/{role}-{self.require_tag()}.log"
+
+    @property
+    def releases_dir(self) -> str:
+        return f"{self.destination_path}/releases"
+
+    @property
+    def release_dir(self) -> str:
+        return f"{self.releases_dir}/{self.require_tag()}"
+
+    @property
+    def murder_target(self) -> str:
+        """Where Murder's own ``peer`` task extracts: destination_path[/TAG]."""
+        if self.no_tag_directory:
+            return self.destination_path
+        return f"{self.destination_path}/{self.require_tag()}"
+
+
+def settings_from_config(config: Mapping[str, Any], **flags: Any) -> Settings:
+    """Merge the ``murder`` config section with task flags (flags left at None don't count).
+
+    Boolean flags can only switch a setting on: Invoke's boolean flags have no "unset"
+    state, so a False flag means "not given".
+    """
+    merged: Dict[str, Any] = dict(DEFAULTS)
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise DeployError(f"unknown murder config keys: {', '.join(unknown)}")
+    merged.update({k: v for k, v in config.items()})
+    for key, value in flags.items():
+        if key not in DEFAULTS:
+            raise DeployError(f"unknown murder setting {key!r}")
+        if value is None or (key in _BOOL_KEYS and value is False):
+            continue
+        merged[key] = value
+    values: Dict[str, Any] = {}
+    for f in fields(Settings):
+        value = merged[f.name]
+        if f.name in _BOOL_KEYS:
+            value = _to_bool(f.name, value)
+        elif f.name in _INT_KEYS:
+            value = _to_int(f.name, value)
+        elif f.name == "stats_interval":
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise DeployError(f"stats_interval must be a number, got {value!r}") from None
+        elif value is not None and not isinstance(value, str):
+            value = str(value)
+        if f.name in ("tag", "files_path", "local_path", "json") and value == "":
+            value = None
+        if value is not None and f.name in (*_REMOTE_PATH_KEYS, "files_path"):
+            value = check_remote_path(f.name, value)
+        values[f.name] = value
+    return Settings(**values)
+
+
+def with_tag(settings: Settings, tag: str) -> Settings:
+    return replace(settings, tag=check_tag(tag))

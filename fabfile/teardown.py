@@ -1,0 +1,67 @@
+"""Stop every process a deploy started and remove its temp files, whatever happened.
+
+Runs from a ``finally``: it must not raise for one bad host, so each step's failure is
+collected and returned for the report instead.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Sequence
+
+from fabfile.peers import stop_peering
+from fabfile.remote import Connections, HostError, sh
+from fabfile.seed import stop_seeding
+from fabfile.settings import Settings
+from fabfile.tracker import stop_tracker
+
+TEARDOWN_TIMEOUT = 60
+
+
+def clean_script(settings: Settings) -> str:
+    """Murder's clean_temp_files for one tag; logs stay for the post-mortem."""
+    files = [
+        settings.payload,
+        settings.payload + ".part",
+        settings.torrent,
+        settings.tracker_torrent,
+        settings.pidfile("peer-fg"),
+    ]
+    return f"rm -f -- {sh(*files)}"
+
+
+def clean_temp_files(conns: Connections, settings: Settings, host: str) -> None:
+    conns.run(host, clean_script(settings))
+
+
+def teardown(conns: Connections, settings: Settings, peers: Sequence[str]) -> List[str]:
+    """Stop peering, stop seeding, stop the tracker, clean temp files; return problems.
+
+    Only hosts we reached during this run are visited: nothing of ours runs elsewhere.
+    """
+    problems: List[str] = []
+    # Stopping takes seconds; a host that stopped answering must not hold teardown for
+    # the full command timeout.
+    conns.command_timeout = min(conns.command_timeout, TEARDOWN_TIMEOUT)
+    reached = set(conns.reached())
+    inv = conns.inventory
+
+    def attempt(host: str, step: str, action: Callable[[], None]) -> None:
+        if host not in reached:
+            return
+        try:
+            action()
+        except HostError as exc:
+            problems.append(f"{host}: {step}: {exc.reason}")
+
+    # Peers first, tracker last: everyone can still announce "stopped" on the way out.
+    targets = [h for h in peers if h in reached]
+    outcomes = conns.map(targets, lambda h: stop_peering(conns, settings, h), skip_failed=False)
+    problems.extend(f"{o.host}: stop_peering: {o.error}" for o in outcomes.values() if not o.ok)
+    attempt(inv.seeder.name, "stop_seeding", lambda: stop_seeding(conns, settings))
+    attempt(inv.tracker.name, "stop_tracker", lambda: stop_tracker(conns, settings))
+    everyone = [h.name for h in inv.all_hosts if h.name in reached]
+    outcomes = conns.map(
+        everyone, lambda h: clean_temp_files(conns, settings, h), skip_failed=False
+    )
+    problems.extend(f"{o.host}: clean_temp_files: {o.error}" for o in outcomes.values() if not o.ok)
+    return problems

@@ -1,0 +1,130 @@
+"""create_torrent / download_torrent: the payload on the seeder and its .torrent.
+
+As in Murder, the payload is ``temp_path/TAG.tgz``: a tarball of ``files_path`` without
+``.git*``, or (``path_is_file``) that one file as is. ``--local-path`` stages a
+workstation directory or file onto the seeder first, as Murder's deploy strategy did.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from fabfile.remote import Connections, HostError, sh
+from fabfile.settings import Settings
+from fabfile.tracker import tracker_address
+from murder_core.errors import DeployError
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def local_torrent_path(settings: Settings) -> Path:
+    return Path(settings.local_torrent_dir) / f"{settings.require_tag()}.tgz.torrent"
+
+
+def _excluded(name: str) -> bool:
+    """Murder's ``tar --exclude '.git*'``: any path component starting with .git."""
+    return any(part.startswith(".git") for part in Path(name).parts)
+
+
+def tar_local_dir(source: Path, out: Path) -> None:
+    """Tar+gzip ``source``'s contents (not the directory itself), skipping ``.git*``."""
+
+    def keep(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
+        if _excluded(info.name):
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    with tarfile.open(out, "w:gz") as tar:
+        for entry in sorted(os.listdir(source)):
+            tar.add(str(source / entry), arcname=entry, filter=keep)
+
+
+def stage_local(conns: Connections, settings: Settings, local_path: str) -> bool:
+    """Upload a workstation directory (as a tarball) or file to the seeder.
+
+    Returns whether the payload is a plain file (``path_is_file``)."""
+    source = Path(local_path)
+    host = conns.inventory.seeder.name
+    conns.run(host, f"mkdir -p -m 700 {sh(settings.temp_path)}")
+    if source.is_dir():
+        with tempfile.TemporaryDirectory(prefix="murder-stage-") as tmp:
+            tarball = Path(tmp) / "payload.tgz"
+            tar_local_dir(source, tarball)
+            conns.put(host, str(tarball), settings.payload)
+        return False
+    if source.is_file():
+        conns.put(host, str(source), settings.payload)
+        return True
+    raise DeployError(f"local_path {local_path!r} is neither a directory nor a file")
+
+
+def payload_script(settings: Settings, files_path: str, path_is_file: bool) -> str:
+    temp, payload = settings.temp_path, settings.payload
+    head = f"mkdir -p -m 700 {sh(temp)} && "
+    if path_is_file:
+        return head + f"cp -- {sh(files_path)} {sh(payload)}"
+    return head + (
+        f"test -d {sh(files_path)} || {{ echo {sh(f'{files_path} is not a directory')} >&2; "
+        "exit 3; }; "
+        f"tar -c -z -C {sh(files_path + '/')} --exclude '.git*' -f {sh(payload)} ."
+    )
+
+
+def make_payload(conns: Connections, settings: Settings) -> None:
+    """Build ``temp_path/TAG.tgz`` on the seeder from ``files_path``."""
+    if settings.files_path is None:
+        raise DeployError(
+            "files_path is required: the directory on the seeder with the files to "
+            "distribute (or use `fab deploy --local-path` from the workstation)"
+        )
+    script = payload_script(settings, settings.files_path, settings.path_is_file)
+    conns.run(conns.inventory.seeder.name, script)
+
+
+def make_torrent(conns: Connections, settings: Settings) -> str:
+    """Hash the payload on the seeder into ``TAG.tgz.torrent``; returns the info_hash."""
+    host = conns.inventory.seeder.name
+    tracker = tracker_address(conns.ip_of(conns.inventory.tracker.name), settings.tracker_port)
+    argv = [settings.python, settings.pyz_remote, "make-torrent", settings.payload]
+    argv += ["--tracker", tracker, "-o", settings.torrent]
+    result = conns.run(host, f"umask 077 && {sh(*argv)}")
+    info_hash = str(result.stdout).strip().splitlines()[-1:] or [""]
+    if not _HEX40.match(info_hash[0]):
+        raise HostError(
+            host, f"make-torrent printed {result.stdout.strip()[:100]!r}, not an info_hash"
+        )
+    return info_hash[0]
+
+
+def download_torrent(conns: Connections, settings: Settings) -> Path:
+    """Fetch the .torrent from the seeder into ``local_torrent_dir`` (mode 0600)."""
+    local = local_torrent_path(settings)
+    local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = local.with_name(local.name + ".part")
+    conns.get(conns.inventory.seeder.name, settings.torrent, str(partial))
+    partial.chmod(0o600)
+    partial.replace(local)
+    return local
+
+
+def publish_torrent(conns: Connections, settings: Settings, local: Path) -> None:
+    """Copy the .torrent into the tracker's allowed dir: the only torrent it serves."""
+    host = conns.inventory.tracker.name
+    conns.run(host, f"mkdir -p -m 700 {sh(settings.allowed_dir)}")
+    conns.put(host, str(local), settings.tracker_torrent)
+
+
+def create_torrent(conns: Connections, settings: Settings) -> tuple[str, Path]:
+    """Murder's create_torrent: payload, .torrent, download, and hand it to the tracker."""
+    make_payload(conns, settings)
+    info_hash = make_torrent(conns, settings)
+    local = download_torrent(conns, settings)
+    publish_torrent(conns, settings, local)
+    return info_hash, local

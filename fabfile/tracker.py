@@ -1,0 +1,54 @@
+"""start_tracker / stop_tracker on the tracker host: detached, with a pidfile."""
+
+from __future__ import annotations
+
+from fabfile.remote import Connections, sh, start_detached_script, stop_script
+from fabfile.settings import Settings
+
+
+def tracker_argv(settings: Settings, bind_ip: str) -> list[str]:
+    """The tracker serves only torrents copied into ``allowed_dir``: this deploy's."""
+    t = settings.temp_path
+    return [
+        settings.python,
+        settings.pyz_remote,
+        "tracker",
+        "--port",
+        str(settings.tracker_port),
+        "--bind",
+        bind_ip,
+        "--dfile",
+        f"{t}/tracker.state",
+        "--logfile",
+        settings.logfile("tracker"),
+        "--allowed-dir",
+        settings.allowed_dir,
+        "--pidfile",
+        settings.pidfile("tracker"),
+    ]
+
+
+def start_tracker(conns: Connections, settings: Settings) -> str:
+    """Start the tracker (stopping one left by an earlier run); returns ``ip:port``."""
+    host = conns.inventory.tracker.name
+    ip = conns.ip_of(host)
+    conns.run(host, stop_script([settings.pidfile("tracker")]))
+    conns.run(host, f"mkdir -p -m 700 {sh(settings.temp_path)} {sh(settings.allowed_dir)}")
+    conns.run(
+        host,
+        start_detached_script(
+            tracker_argv(settings, ip),
+            workdir=settings.temp_path,
+            pidfile=settings.pidfile("tracker"),
+            output=f"{settings.temp_path}/tracker.out",
+        ),
+    )
+    return tracker_address(ip, settings.tracker_port)
+
+
+def tracker_address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def stop_tracker(conns: Connections, settings: Settings) -> None:
+    conns.run(conns.inventory.tracker.name, stop_script([settings.pidfile("tracker")]))

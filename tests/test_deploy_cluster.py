@@ -1,0 +1,573 @@
+"""`fab deploy`, `fab rollback` and Murder's tasks against a real local cluster (issue 3 §5).
+
+Every host is a network + mount namespace with its own OpenSSH sshd; `fab` runs as a
+real subprocess with the cluster's ssh_config and known_hosts, exactly as a user runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+from conftest import need, need_program, need_root
+
+pytestmark = pytest.mark.root
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTS = 7  # h1 = tracker + seeder, h2..h7 = six peers
+PEERS = [f"h{i}" for i in range(2, HOSTS + 1)]
+PREFIX = "mfab"
+SUBNET_WAIT_SECONDS = 300
+
+_TREE_SHA = r"""
+import hashlib, json, os, sys
+root = sys.argv[1]
+out = {}
+for d, _, files in os.walk(root):
+    for f in files:
+        p = os.path.join(d, f)
+        with open(p, "rb") as fh:
+            out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def _need_cluster_tools() -> None:
+    need(sys.platform.startswith("linux"), "network namespaces exist only on Linux")
+    need_root()
+    for tool in ("ip", "tc", "unshare", "nsenter", "ssh-keygen"):
+        need_program(tool)
+    need(Path("/usr/sbin/sshd").exists(), "needs /usr/sbin/sshd (Debian package openssh-server)")
+
+
+def _wait_for_free_subnet() -> None:
+    """Another cluster (test_cluster.py, a demo) may hold 198.18.0.0/24 for a while."""
+    deadline = time.monotonic() + SUBNET_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
+        if "198.18.0." not in out:
+            return
+        time.sleep(1)
+    pytest.fail(f"198.18.0.0/24 still in use after {SUBNET_WAIT_SECONDS}s by another cluster")
+
+
+class Env:
+    """The cluster plus what `fab` needs to drive it."""
+
+    def __init__(self, info: Any, work: Path, pyz: Path) -> None:
+        self.info = info
+        self.work = work
+        self.pyz = pyz
+
+    def fab(
+        self, *args: str, timeout: float = 300, **config: str
+    ) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FABRIC_")}
+        env.update(
+            FABRIC_MURDER_PYZ=str(self.pyz),
+            FABRIC_MURDER_INVENTORY=str(self.info.inventory),
+            FABRIC_MURDER_LOCAL_TORRENT_DIR=str(self.work / "torrents"),
+            FABRIC_MURDER_PEER_TIMEOUT="120",
+            FABRIC_MURDER_PROGRESS="false",
+        )
+        env.update({f"FABRIC_MURDER_{k.upper()}": v for k, v in config.items()})
+        argv = [sys.executable, "-m", "fabric", "-S", str(self.info.ssh_config), *args]
+        return subprocess.run(
+            argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def sh(self, host: str, script: str) -> str:
+        from murder_dev import cluster
+
+        out = cluster.run_on(
+            self.info, host, ["sh", "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, f"{host}: {script!r}: {out.stderr}"
+        return str(out.stdout)
+
+    def tree(self, host: str, path: str) -> Dict[str, str]:
+        from murder_dev import cluster
+
+        out = cluster.run_on(
+            self.info,
+            host,
+            ["python3", "-c", _TREE_SHA, path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return dict(json.loads(out.stdout))
+
+    def current(self, host: str, dest: str = "/srv/murder/app") -> str:
+        return self.sh(host, f"readlink {dest}/current || true").strip()
+
+    def stats_over_ssh(self) -> bytes:
+        from fabfile.deploy import make_config
+        from fabfile.inventory import load_inventory
+        from fabfile.progress import fetch_over_ssh
+        from fabfile.remote import Connections
+
+        conns = Connections(load_inventory(self.info.inventory), make_config(self.info.ssh_config))
+        try:
+            return fetch_over_ssh(conns.connection("h1").transport, "198.18.0.11", 8998)
+        finally:
+            conns.close()
+
+    def murder_processes(self) -> Dict[str, List[str]]:
+        """Every process on any host whose command line names murder.pyz."""
+        from murder_dev import cluster
+
+        found: Dict[str, List[str]] = {}
+        for host in [h.name for h in self.info.hosts]:
+            for pid in cluster.host_pids(self.info, host):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                if b"murder.pyz" in cmd:
+                    found.setdefault(host, []).append(cmd.decode(errors="replace"))
+        return found
+
+
+def local_tree(path: Path) -> Dict[str, str]:
+    out = {}
+    for p in path.rglob("*"):
+        rel = p.relative_to(path)
+        if p.is_file() and not any(part.startswith(".git") for part in rel.parts):
+            out[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def make_release(root: Path, seed: int, size: int = 3_000_000) -> Path:
+    root.mkdir(parents=True)
+    rnd = __import__("random").Random(seed)
+    (root / "app.bin").write_bytes(rnd.randbytes(size))
+    (root / "conf").mkdir()
+    (root / "conf" / "settings.ini").write_text(f"[app]\nrelease = {seed}\n")
+    (root / "static" / "css").mkdir(parents=True)
+    (root / "static" / "css" / "site.css").write_text("body { color: black }\n" * 100)
+    (root / "empty.txt").write_text("")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    _need_cluster_tools()
+    from murder_dev import cluster
+    from murder_dev.build import build_pyz
+
+    work = Path(tempfile.mkdtemp(prefix="murder-fab-test-"))
+    # The cluster refuses a workdir under /tmp, which every host mounts privately.
+    cluster_dir = Path(tempfile.mkdtemp(prefix="murder-fab-cluster-", dir="/var/tmp"))
+    pyz = build_pyz(work / "dist" / "murder.pyz")
+    _wait_for_free_subnet()
+    try:
+        info = cluster.up(HOSTS, "1gbit", cluster_dir, prefix=PREFIX)
+        yield Env(info, work, pyz)
+    finally:
+        cluster.down(cluster_dir, prefix=PREFIX)
+        shutil.rmtree(cluster_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def assert_nothing_left(env: Env) -> None:
+    assert env.murder_processes() == {}
+
+
+def test_full_deploy_to_six_peers(env: Env) -> None:
+    release = make_release(env.work / "rel-v1", 1)
+    report = env.work / "v1.json"
+    out = env.fab(
+        "deploy",
+        "--tag",
+        "v1",
+        "--local-path",
+        str(release),
+        "--json",
+        str(report),
+        progress="true",
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    data = json.loads(report.read_text())
+    assert data["ok"] is True
+    assert data["ssh_connections"] == HOSTS  # one per host, reused by every stage
+    assert [h["host"] for h in data["hosts"]] == PEERS
+    assert all(h["status"] == "ok" and h["mbps"] > 0 for h in data["hosts"])
+    assert "hosts 6/6" in out.stderr  # the swarm bar ended on every host done
+    for line in out.stdout.splitlines()[1:7]:
+        assert line.split()[1] == "ok", out.stdout
+    expected = local_tree(release)
+    assert ".git/HEAD" not in expected and "conf/settings.ini" in expected
+    for host in PEERS:
+        assert env.current(host) == "releases/v1"
+        assert env.tree(host, "/srv/murder/app/current/") == expected, host
+    # teardown: nothing running, this deploy's temp files gone
+    assert_nothing_left(env)
+    assert (
+        env.sh(
+            "h1", "ls /tmp/murder/v1.tgz /tmp/murder/torrents/v1.tgz.torrent 2>/dev/null || true"
+        )
+        == ""
+    )
+    assert env.sh("h2", "ls /tmp/murder/v1.tgz* 2>/dev/null || true") == ""
+
+
+def test_existing_tag_is_refused_unless_forced(env: Env) -> None:
+    release = make_release(env.work / "rel-v1b", 11)
+    out = env.fab("deploy", "--tag", "v1", "--local-path", str(release))
+    assert out.returncode == 1
+    assert (
+        "deploy: release v1 already exists in /srv/murder/app/releases on "
+        f"{', '.join(PEERS)}; pass --force to deploy it again"
+    ) in out.stderr
+    assert env.tree("h2", "/srv/murder/app/current/") != local_tree(release)
+    assert_nothing_left(env)
+    forced = env.fab("deploy", "--tag", "v1", "--local-path", str(release), "--force")
+    assert forced.returncode == 0, forced.stderr + forced.stdout
+    for host in PEERS:
+        assert env.tree(host, "/srv/murder/app/current/") == local_tree(release)
+    assert_nothing_left(env)
+
+
+def test_rollback_and_keep_releases(env: Env) -> None:
+    trees = {}
+    for tag, seed in (("v2", 2), ("v3", 3)):
+        release = make_release(env.work / f"rel-{tag}", seed, size=500_000)
+        trees[tag] = local_tree(release)
+        out = env.fab("deploy", "--tag", tag, "--local-path", str(release), "--keep-releases", "2")
+        assert out.returncode == 0, out.stderr + out.stdout
+    for host in PEERS:
+        assert env.current(host) == "releases/v3"
+        # keep_releases=2: v1 was pruned, v2 and v3 remain
+        assert env.sh(host, "ls /srv/murder/app/releases").split() == ["v2", "v3"]
+    back = env.fab("rollback")
+    assert back.returncode == 0, back.stderr + back.stdout
+    assert back.stdout.count("v3 -> v2") == len(PEERS)
+    for host in PEERS:
+        assert env.current(host) == "releases/v2"
+        assert env.tree(host, "/srv/murder/app/current/") == trees["v2"]
+    nothing_older = env.fab("rollback")
+    assert nothing_older.returncode == 1
+    assert "no release older than 'v2'" in nothing_older.stdout
+    forward = env.fab("rollback", "--tag", "v3")
+    assert forward.returncode == 0, forward.stderr + forward.stdout
+    assert all(env.current(h) == "releases/v3" for h in PEERS)
+
+
+def test_deploy_a_single_file(env: Env) -> None:
+    payload = env.work / "server.war"
+    payload.write_bytes(os.urandom(700_000))
+    out = env.fab(
+        "deploy", "--tag", "f1", "--local-path", str(payload), destination_path="/srv/murder/war"
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    for host in PEERS:
+        assert env.tree(host, "/srv/murder/war/current/") == {"server.war": digest}
+    assert_nothing_left(env)
+
+
+def test_murder_tasks_in_manual_order(env: Env) -> None:
+    """Murder's README: distribute_files, start_tracker, create_torrent, start_seeding,
+    peer, stop_seeding, stop_tracker (plus the other tasks, each on its own)."""
+    src = "/srv/murder/src-m1"
+    env.sh(
+        "h1",
+        f"mkdir -p {src}/lib {src}/.git && head -c 400000 /dev/urandom > {src}/lib/a.so"
+        f" && echo hello > {src}/README && echo x > {src}/.git/config",
+    )
+    expected = {k: v for k, v in env.tree("h1", src).items() if not k.startswith(".git")}
+    assert sorted(expected) == ["README", "lib/a.so"]
+
+    def ok(*args: str) -> str:
+        out = env.fab(*args)
+        assert out.returncode == 0, f"{args}: {out.stderr}{out.stdout}"
+        return out.stdout
+
+    dist = ok("murder.distribute_files")
+    assert all(f"h{i}: ok installed" in dist for i in range(1, HOSTS + 1))
+    for host in ("h1", "h4"):
+        names = env.sh(host, "ls /srv/murder/bin").split()
+        assert names == [
+            "murder.pyz",
+            "murder_client.py",
+            "murder_make_torrent.py",
+            "murder_tracker.py",
+        ]
+    assert ok("murder.install").count("ok installed") == HOSTS
+
+    assert "tracker running at 198.18.0.11:8998" in ok("murder.start_tracker")
+    assert [" tracker " in c for c in env.murder_processes()["h1"]] == [True]
+
+    info_hash, local = ok("murder.create_torrent", "--tag", "m1", "--files-path", src).split()
+    assert len(info_hash) == 40 and Path(local).is_file()
+    Path(local).unlink()
+    assert ok("murder.download_torrent", "--tag", "m1").strip() == local
+    assert Path(local).is_file()
+
+    ok("murder.start_seeding", "--tag", "m1")
+    assert sorted(" seed " in c for c in env.murder_processes()["h1"]) == [False, True]
+    # The progress bar's path to /stats.json: a direct-tcpip channel over h1's SSH link.
+    stats = json.loads(env.stats_over_ssh())
+    seeders = [p for p in stats["torrents"][info_hash]["peers"] if p["seeder"]]
+    assert [p["ip"] for p in seeders] == ["198.18.0.11"]
+
+    peered = ok("murder.peer", "--tag", "m1", "--destination-path", "/srv/murder/manual")
+    assert peered.count(": ok /srv/murder/manual/m1") == len(PEERS)
+    for host in PEERS:
+        assert env.tree(host, "/srv/murder/manual/m1") == expected
+    # Murder refused a non-empty destination unless told to delete it
+    again = env.fab("murder.peer", "--tag", "m1", "--destination-path", "/srv/murder/manual")
+    assert again.returncode == 1
+    assert "destination /srv/murder/manual/m1 exists and is not empty" in again.stdout
+    assert "peer failed on: " + ", ".join(PEERS) in again.stderr
+    ok(
+        "murder.peer",
+        "--tag",
+        "m1",
+        "--destination-path",
+        "/srv/murder/manual",
+        "--unsafe-please-delete",
+    )
+    ok("murder.peer", "--tag", "m1", "--destination-path", "/srv/murder/flat", "--no-tag-directory")
+    assert env.tree("h3", "/srv/murder/flat") == expected
+    assert set(env.murder_processes()) == {"h1"}  # peers stop lingering once all are done
+
+    ok("murder.stop_seeding", "--tag", "m1")
+    assert [" tracker " in c for c in env.murder_processes()["h1"]] == [True]
+    ok("murder.stop_tracker")
+    assert_nothing_left(env)
+    ok("murder.stop_all_seeding")
+    ok("murder.stop_peering", "--tag", "m1")
+    ok("murder.stop_all_peering")
+    assert env.sh("h1", "ls /tmp/murder/m1.tgz /tmp/murder/m1.tgz.torrent").split() == [
+        "/tmp/murder/m1.tgz",
+        "/tmp/murder/m1.tgz.torrent",
+    ]
+    ok("murder.clean_temp_files", "--tag", "m1")
+    assert env.sh("h1", "ls /tmp/murder/m1.tgz* 2>/dev/null || true") == ""
+    assert_nothing_left(env)
+
+
+def test_a_host_with_sshd_stopped(env: Env) -> None:
+    from murder_dev import cluster
+
+    release = make_release(env.work / "rel-v4", 4, size=800_000)
+    before = env.current("h7")
+    cluster.stop_sshd(env.info, "h7")
+    try:
+        report = env.work / "v4.json"
+        out = env.fab("deploy", "--tag", "v4", "--local-path", str(release), "--json", str(report))
+    finally:
+        cluster.start_sshd(env.info, "h7")
+    assert out.returncode == 1
+    assert "deploy failed on: h7" in out.stderr
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:7]}
+    assert rows["h7"].split()[1] == "failed" and "ssh:" in rows["h7"]
+    data = json.loads(report.read_text())
+    assert data["failed_hosts"] == ["h7"]
+    assert [h["status"] for h in data["hosts"]] == ["ok"] * 5 + ["failed"]
+    for host in PEERS[:-1]:
+        assert env.current(host) == "releases/v4"
+        assert env.tree(host, "/srv/murder/app/current/") == local_tree(release)
+    assert env.current("h7") == before
+    assert_nothing_left(env)
+
+
+def test_ctrl_c_still_tears_down(env: Env) -> None:
+    """SIGINT as soon as the tracker runs: the deploy stops and leaves nothing behind."""
+    release = make_release(env.work / "rel-v5", 5, size=2_000_000)
+    report = env.work / "v5.json"
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("FABRIC_")}
+    env_vars.update(
+        FABRIC_MURDER_PYZ=str(env.pyz),
+        FABRIC_MURDER_INVENTORY=str(env.info.inventory),
+        FABRIC_MURDER_LOCAL_TORRENT_DIR=str(env.work / "torrents"),
+        FABRIC_MURDER_PROGRESS="false",
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "fabric",
+        "-S",
+        str(env.info.ssh_config),
+        "deploy",
+        "--tag",
+        "v5",
+        "--local-path",
+        str(release),
+        "--json",
+        str(report),
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        seen = proc.stderr.readline()  # blocks until the tracker is up (or fab dies)
+        assert seen.startswith("tracker on h1"), seen
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "deploy: interrupted; teardown done" in err
+    data = json.loads(report.read_text())
+    assert data["error"] == "interrupted"
+    assert_nothing_left(env)
+    assert (
+        env.sh("h1", "ls /tmp/murder/v5.tgz* /tmp/murder/torrents 2>/dev/null || true")
+        == "/tmp/murder/torrents:\n"
+    )
+
+
+def test_run_deploy_from_python_with_files_on_the_seeder(env: Env) -> None:
+    """The API `invoke demo` calls. The inventory is Murder's minimal one: bare names
+    (ssh_config resolves them; each host's address is learnt from its own SSH connection)
+    and only [peers], so the first peer is also tracker and seeder and installs the
+    release straight from the payload it seeds."""
+    from fabfile import run_deploy, settings_from_config
+
+    src = "/srv/murder/src-p1"
+    env.sh("h1", f"mkdir -p {src}/d && head -c 300000 /dev/urandom > {src}/d/blob")
+    expected = env.tree("h1", src)
+    inventory = env.work / "bare.ini"
+    everyone = [h.name for h in env.info.hosts]
+    inventory.write_text("[peers]\n" + "\n".join(everyone) + "\n")
+    settings = settings_from_config(
+        {},
+        tag="p1",
+        files_path=src,
+        inventory=str(inventory),
+        pyz=str(env.pyz),
+        local_torrent_dir=str(env.work / "torrents"),
+        progress=False,
+        destination_path="/srv/murder/py",
+    )
+    with open(os.devnull, "w") as quiet:
+        report = run_deploy(settings, ssh_config=env.info.ssh_config, out=quiet)
+    assert report.ok, report.to_json()
+    assert [h.host for h in report.hosts] == everyone
+    assert report.ssh_connections == HOSTS
+    assert report.payload_bytes is not None and report.payload_bytes > 300_000
+    for host in everyone:
+        assert env.tree(host, "/srv/murder/py/current/") == expected
+    assert_nothing_left(env)
+
+
+def test_unknown_host_keys_are_refused(env: Env) -> None:
+    strict = env.work / "ssh_config_empty_known_hosts"
+    empty = env.work / "known_hosts_empty"
+    empty.write_text("")
+    text = env.info.ssh_config.read_text().replace(str(env.info.known_hosts), str(empty))
+    assert str(empty) in text
+    strict.write_text(text)
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("FABRIC_")}
+    env_vars["FABRIC_MURDER_INVENTORY"] = str(env.info.inventory)
+    out = subprocess.run(
+        [sys.executable, "-m", "fabric", "-S", str(strict), "murder.stop_tracker"],
+        cwd=ROOT,
+        env=env_vars,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert "murder: h1: ssh: SSHException: Server '198.18.0.11' not found in known_hosts" in (
+        out.stderr
+    )
+
+
+def test_every_remote_command_has_a_timeout(env: Env) -> None:
+    from fabfile.deploy import make_config
+    from fabfile.inventory import load_inventory
+    from fabfile.remote import Connections
+    from murder_core.errors import HostError
+
+    conns = Connections(
+        load_inventory(env.info.inventory), make_config(env.info.ssh_config), command_timeout=1
+    )
+    try:
+        assert conns.run("h2", "echo $((6 * 7))").stdout == "42\n"
+        with pytest.raises(HostError) as info:
+            conns.run("h2", "sleep 30")
+        assert str(info.value) == "h2: command timed out after 1s"
+        assert conns.run("h2", "echo still usable", timeout=10).stdout == "still usable\n"
+        assert conns.opens == 1
+    finally:
+        conns.close()
+
+
+def test_ansible_connection_variables(env: Env) -> None:
+    """Names no ssh_config block knows: address, user, port and key come from the inventory."""
+    config = env.work / "ssh_config_generic"
+    config.write_text(
+        f"Host *\n  UserKnownHostsFile {env.info.known_hosts}\n  IdentitiesOnly yes\n"
+        "  BatchMode yes\n"
+    )
+    inventory = env.work / "ansible.ini"
+    inventory.write_text(
+        "[peers]\n"
+        + "".join(
+            f"node{i} ansible_host=198.18.0.{10 + i} ansible_port=22 ansible_user=root "
+            f"ansible_ssh_private_key_file={env.info.key}\n"
+            for i in (2, 3)
+        )
+    )
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("FABRIC_")}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fabric",
+            "-S",
+            str(config),
+            "murder.stop_all_peering",
+            "-i",
+            str(inventory),
+        ],
+        cwd=ROOT,
+        env=env_vars,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["node2: ok", "node3: ok"]
+    no_key = inventory.read_text().replace(f" ansible_ssh_private_key_file={env.info.key}", "")
+    inventory.write_text(no_key)
+    env_vars["HOME"] = str(env.work / "empty-home")  # no ~/.ssh keys to fall back on
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fabric",
+            "-S",
+            str(config),
+            "murder.stop_all_peering",
+            "-i",
+            str(inventory),
+        ],
+        cwd=ROOT,
+        env=env_vars,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1
+    assert "node2: FAILED ssh: " in refused.stdout

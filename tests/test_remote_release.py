@@ -1,0 +1,173 @@
+"""fabfile.remote_release: the release helper that runs on the hosts (``python3 -c``).
+
+Run here as a real subprocess, from the very source text the fabfile sends.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from io import BytesIO
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from fabfile import remote_release as rr
+from fabfile.release import helper_source
+
+
+def _tar(
+    path: Path,
+    members: Dict[str, bytes],
+    links: Dict[str, str] | None = None,
+    kind: bytes = tarfile.SYMTYPE,
+) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o4755 if name.endswith(".sh") else 0o644
+            tar.addfile(info, BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = target
+            tar.addfile(info)
+
+
+def helper(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", helper_source(), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_extract_switch_prune_rollback(tmp_path: Path) -> None:
+    dest = tmp_path / "app"
+    for i in range(1, 5):
+        tgz = tmp_path / f"v{i}.tgz"
+        _tar(tgz, {"bin/run.sh": b"#!/bin/sh\n", "VERSION": f"{i}\n".encode()})
+        assert (
+            helper("extract", str(tgz), str(dest / "releases" / f"v{i}"), "tar", "", "0").returncode
+            == 0
+        )
+        assert helper("switch", str(dest), f"v{i}").returncode == 0
+        os.utime(dest / "releases" / f"v{i}", (1000 + i, 1000 + i))
+    assert os.readlink(dest / "current") == "releases/v4"
+    assert (dest / "current" / "VERSION").read_text() == "4\n"
+    # setuid is stripped by the data filter
+    assert (dest / "current" / "bin" / "run.sh").stat().st_mode & 0o7777 == 0o755
+    pruned = helper("prune", str(dest), "2")
+    assert pruned.stdout.split() == ["v1", "v2"]
+    assert sorted(os.listdir(dest / "releases")) == ["v3", "v4"]
+    back = helper("rollback", str(dest))
+    assert (back.returncode, back.stdout.strip()) == (0, "v4 -> v3")
+    assert helper("current", str(dest)).stdout.strip() == "v3"
+    again = helper("rollback", str(dest))
+    assert (again.returncode, again.stderr.strip()) == (
+        3,
+        f"murder-release: error: no release older than 'v3' in {dest}",
+    )
+    assert helper("rollback", str(dest), "v4").stdout.strip() == "v3 -> v4"
+    assert helper("exists", str(dest), "v4").stdout.strip() == "yes"
+    assert helper("exists", str(dest), "v9").stdout.strip() == "no"
+
+
+def test_prune_keeps_the_current_release_even_if_old(tmp_path: Path) -> None:
+    dest = tmp_path / "app"
+    for i in range(1, 4):
+        (dest / "releases" / f"v{i}").mkdir(parents=True)
+        os.utime(dest / "releases" / f"v{i}", (1000 + i, 1000 + i))
+    rr.switch(str(dest), "v1")
+    assert rr.prune(str(dest), 1) == ["v2"]
+    assert sorted(os.listdir(dest / "releases")) == ["v1", "v3"]
+
+
+def test_extract_refuses_a_non_empty_destination_unless_replacing(tmp_path: Path) -> None:
+    tgz = tmp_path / "p.tgz"
+    _tar(tgz, {"new": b"new"})
+    target = tmp_path / "dest"
+    target.mkdir()
+    (target / "old").write_text("old")
+    refused = helper("extract", str(tgz), str(target), "tar", "", "0")
+    assert (refused.returncode, refused.stderr.strip()) == (
+        3,
+        f"murder-release: error: destination {target} exists and is not empty",
+    )
+    assert helper("extract", str(tgz), str(target), "tar", "", "1").returncode == 0
+    assert sorted(os.listdir(target)) == ["new"]
+    assert sorted(os.listdir(tmp_path)) == ["dest", "p.tgz"]
+
+
+def test_extract_into_an_empty_existing_directory(tmp_path: Path) -> None:
+    tgz = tmp_path / "p.tgz"
+    _tar(tgz, {"a": b"1"})
+    (tmp_path / "dest").mkdir()
+    assert helper("extract", str(tgz), str(tmp_path / "dest"), "tar", "", "0").returncode == 0
+    assert (tmp_path / "dest" / "a").read_bytes() == b"1"
+
+
+def test_extract_a_plain_file(tmp_path: Path) -> None:
+    src = tmp_path / "v1.tgz"
+    src.write_bytes(b"\x7fELF binary")
+    target = tmp_path / "app" / "releases" / "v1"
+    assert helper("extract", str(src), str(target), "file", "server.bin", "0").returncode == 0
+    assert (target / "server.bin").read_bytes() == b"\x7fELF binary"
+
+
+HOSTILE_TARS = {
+    "dotdot": ({"../escape": b"x"}, {}, tarfile.SYMTYPE),
+    "absolute": ({"/etc/evil": b"x"}, {}, tarfile.SYMTYPE),
+    "abs-symlink": ({}, {"link": "/etc/passwd"}, tarfile.SYMTYPE),
+    "rel-symlink-out": ({}, {"link": "../../outside"}, tarfile.SYMTYPE),
+    "hardlink-out": ({}, {"hard": "/etc/passwd"}, tarfile.LNKTYPE),
+    "device": ({}, {"dev": ""}, tarfile.CHRTYPE),
+}
+# The data filter strips a leading "/" instead of refusing (tested separately below).
+HOSTILE_CASES = [(name, False) for name in HOSTILE_TARS] + [
+    (name, True) for name in HOSTILE_TARS if name != "absolute"
+]
+
+
+@pytest.mark.parametrize(("case", "use_filter"), HOSTILE_CASES)
+def test_hostile_tarballs_are_refused_before_anything_lands(
+    tmp_path: Path, case: str, use_filter: bool
+) -> None:
+    members, links, kind = HOSTILE_TARS[case]
+    tgz = tmp_path / "evil.tgz"
+    _tar(tgz, {"ok.txt": b"fine", **members}, links, kind)
+    dest = tmp_path / "d" / "releases" / "v1"
+    dest.parent.mkdir(parents=True)
+    with pytest.raises(rr.ReleaseError) as info:
+        rr.extract(str(tgz), str(dest), "tar", "", False, use_filter=use_filter)
+    assert info.value.code == rr.EXIT_UNSAFE
+    assert str(info.value).startswith("unsafe archive member")
+    assert os.listdir(dest.parent) == []
+    assert not (tmp_path / "escape").exists()
+
+
+def test_data_filter_keeps_absolute_names_inside(tmp_path: Path) -> None:
+    tgz = tmp_path / "abs.tgz"
+    _tar(tgz, {"/etc/evil": b"x"})
+    rr.extract(str(tgz), str(tmp_path / "r"), "tar", "", False)
+    assert (tmp_path / "r" / "etc" / "evil").read_bytes() == b"x"
+
+
+def test_switch_refuses_a_real_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "releases" / "v1").mkdir(parents=True)
+    (tmp_path / "current").mkdir()
+    out = helper("switch", str(tmp_path), "v1")
+    assert (out.returncode, out.stderr.strip()) == (
+        3,
+        f"murder-release: error: {tmp_path}/current exists and is not a symlink",
+    )
+
+
+def test_helper_usage_errors() -> None:
+    assert helper().returncode == 2
+    assert helper("switch", "/x").returncode == 2
+    assert helper("switch", "/nonexistent-murder", "v1").stderr.strip() == (
+        "murder-release: error: no release 'v1' in /nonexistent-murder/releases"
+    )
