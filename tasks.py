@@ -102,9 +102,23 @@ def cluster_status(c):
     print(cluster.status(CLUSTER_DIR))
 
 
+@task(
+    help={
+        "hosts": "hosts in the cluster (h1 is tracker and seeder)",
+        "rate": "tc rate of every link",
+        "size_mb": "size of the generated release",
+    }
+)
+def demo(c, hosts=9, rate="100mbit", size_mb=200):
+    """A real deploy through the swarm onto a local cluster (needs root), then a summary."""
+    from murder_dev.demo import run_demo
+
+    raise SystemExit(run_demo(int(hosts), rate, int(size_mb)))
+
+
 cluster_ns = Collection("cluster")
 cluster_ns.add_task(cluster_up, "up")
 cluster_ns.add_task(cluster_down, "down")
 cluster_ns.add_task(cluster_status, "status")
 
-ns = Collection(test, lint, build, swarm, cluster_ns)
+ns = Collection(demo, test, lint, build, swarm, cluster_ns)
