@@ -27,6 +27,8 @@ DEFAULTS: Dict[str, Any] = {
     "temp_path": "/tmp/murder",
     "remote_murder_path": "/srv/murder/bin",
     "tracker_port": 8998,
+    # A deploy is short: frequent announces find peers sooner and keep the progress bar live.
+    "announce_interval": 2,
     "keep_releases": 5,
     "force": False,
     "pyz": "dist/murder.pyz",
@@ -46,6 +48,7 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 MAX_TAG_LENGTH = 100
 _INT_KEYS = {
     "tracker_port": (1, 65535),
+    "announce_interval": (1, 3600),
     "keep_releases": (1, 10_000),
     "max_parallel": (1, 10_000),
     "connect_timeout": (1, 3600),
@@ -118,6 +121,7 @@ class Settings:
     temp_path: str = DEFAULTS["temp_path"]
     remote_murder_path: str = DEFAULTS["remote_murder_path"]
     tracker_port: int = DEFAULTS["tracker_port"]
+    announce_interval: int = DEFAULTS["announce_interval"]
     keep_releases: int = DEFAULTS["keep_releases"]
     force: bool = False
     pyz: str = DEFAULTS["pyz"]

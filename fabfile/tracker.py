@@ -25,6 +25,8 @@ def tracker_argv(settings: Settings, bind_ip: str) -> list[str]:
         settings.allowed_dir,
         "--pidfile",
         settings.pidfile("tracker"),
+        "--interval",
+        str(settings.announce_interval),
     ]
 
 
