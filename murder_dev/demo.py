@@ -44,7 +44,8 @@ def _generate_release(info: object, seeder: str, size_mb: int) -> None:
     cluster.run_on(
         info,
         seeder,
-        [sys.executable, "-c", script, RELEASE_DIR, str(size_mb)],
+        # The host's private /tmp hides a venv living there; use its base interpreter.
+        [os.path.realpath(sys.executable), "-c", script, RELEASE_DIR, str(size_mb)],
         check=True,
         timeout=300,
     )  # type: ignore[arg-type]

@@ -26,9 +26,14 @@ PREFIX = "mrdt"
 SUBNET = 250
 RATE = "40mbit"
 
+# Hosts have private /tmp and /srv/murder: a virtualenv living there (a CI clone under
+# /tmp) is invisible inside them, so run the interpreter the venv was made from.
+HOST_PYTHON = os.path.realpath(sys.executable)
+
 # Prints the errno name (or "connected") of a TCP connect: argv host port.
 CONNECT = """
 import errno, socket, sys
+
 try:
     socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
     print("connected")
@@ -72,7 +77,7 @@ def ssh(info: cluster.ClusterInfo, host: str, command: str) -> subprocess.Comple
 
 
 def connect(info: cluster.ClusterInfo, host: str, ip: str, port: int) -> str:
-    argv = [sys.executable, "-c", CONNECT, ip, str(port)]
+    argv = [HOST_PYTHON, "-c", CONNECT, ip, str(port)]
     proc = cluster.run_on(info, host, argv, capture_output=True, text=True, timeout=30, check=True)
     return str(proc.stdout).strip()
 
@@ -154,7 +159,7 @@ def test_loopback_is_per_host_and_host_pids_sees_ssh_started_process(
         "open('/tmp/listener.pid', 'w').write(str(os.getpid()))\n"
         "time.sleep(120)\n"  # its lifetime bound; down() kills it long before
     )
-    command = f"nohup {sys.executable} -c {shlex.quote(listener)} >/dev/null 2>&1 &"
+    command = f"nohup {HOST_PYTHON} -c {shlex.quote(listener)} >/dev/null 2>&1 &"
     assert ssh(info, "h3", command).returncode == 0
     pid = None
     for _ in range(200):  # bounded: at most ~10 s
