@@ -7,6 +7,7 @@ The URL building and reply parsing are pure functions (tested without a network)
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,13 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import bencoding
-from .errors import BencodeError, TrackerError
+from .errors import BencodeError, MetainfoError, TrackerError
 from .values import PeerAddr
 
 #: A tracker reply bigger than this is not a deploy tracker talking.
 MAX_REPLY_BYTES = 2 * 1024 * 1024
 #: Never trust more peers than this from one reply (Murder's tracker sent up to 500).
 MAX_PEERS_PER_REPLY = 1000
+#: Random bytes in a deploy's auth token (hex-encoded in the URL: 32 characters).
+AUTH_TOKEN_BYTES = 16
 
 # Trackers are internal services: never send announces through an http_proxy from the env.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -70,6 +73,33 @@ def announce_query(
     query = "&".join(f"{k}={urllib.parse.quote_from_bytes(_b(v), safe='')}" for k, v in params)
     sep = "&" if "?" in announce else "?"
     return announce + sep + query
+
+
+def with_auth_token(announce: str, token: str | None = None) -> str:
+    """``announce`` plus ``auth=TOKEN`` (a fresh random one unless given).
+
+    The tracker learns the token from the .torrent and refuses requests without it;
+    clients keep it because they append their parameters to the URL with ``&``.
+    """
+    parts = urllib.parse.urlsplit(announce)
+    names = [name for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+    if "auth" in names:
+        raise MetainfoError(
+            f"announce URL already has an auth parameter: {_origin(announce)}{parts.path}",
+            key="announce",
+        )
+    if parts.fragment:
+        # A client would append its parameters after the fragment, where no server sees them.
+        raise MetainfoError(
+            f"announce URL must not have a #fragment, got {announce!r}",
+            key="announce",
+            value=announce,
+        )
+    token = secrets.token_hex(AUTH_TOKEN_BYTES) if token is None else token
+    if not token or not all(c.isalnum() or c in "-._~" for c in token):
+        raise MetainfoError("auth token must be URL-safe characters only", key="announce")
+    sep = "&" if parts.query else ("" if announce.endswith("?") else "?")
+    return f"{announce}{sep}auth={token}"
 
 
 def _b(value: str | bytes) -> bytes:

@@ -53,6 +53,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal file mode: {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"file mode must be in 000..777, got {text!r}")
+    return mode
+
+
 def _add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("torrent", help="the .torrent file")
     p.add_argument("file", help="the payload: read from here (seed) or written here (peer)")
@@ -135,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="piece size (a power of two >= 16 KiB; default: from the total size)",
     )
+    mk.add_argument(
+        "--auth",
+        action="store_true",
+        help="add a fresh random token to the announce URL: a tracker with --allowed-dir "
+        "then serves this torrent only to holders of the .torrent",
+    )
+    mk.add_argument(
+        "--mode",
+        type=_mode,
+        default=0o644,
+        metavar="OCTAL",
+        help="permissions of the .torrent (644; use 600 with --auth: it holds a secret)",
+    )
     mk.set_defaults(func=cmd_make_torrent)
 
     s = sub.add_parser(
@@ -201,11 +224,14 @@ def cmd_tracker(args: argparse.Namespace) -> int:
 
 
 def cmd_make_torrent(args: argparse.Namespace) -> int:
+    from .announce import with_auth_token
     from .metainfo import announce_url, write_torrent
 
-    meta = write_torrent(
-        args.path, announce_url(args.tracker), args.output, piece_length=args.piece_size
-    )
+    # The token is made here, not passed in: a command line is visible to every user.
+    url = announce_url(args.tracker)
+    if args.auth:
+        url = with_auth_token(url)
+    meta = write_torrent(args.path, url, args.output, piece_length=args.piece_size, mode=args.mode)
     print(meta.info_hash.hex)
     return 0
 

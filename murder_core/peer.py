@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from .errors import ProtocolError
 from .wire.connection import CLOSED, NEED_DATA, PeerConnection
 from .wire.framing import encode_piece_header
-from .wire.messages import Message
+from .wire.messages import Handshake, Message
 
 if TYPE_CHECKING:
     from .session import Session
@@ -64,7 +64,10 @@ class PeerLink(asyncio.Protocol):
         if peername and self.addr is None:
             self.remote = f"{peername[0]}:{peername[1]}"
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self._write(self.conn.initiate())
+        # An accepted connection answers only once the dialler's handshake has named our
+        # info_hash: ours would tell anyone who connects which torrent to ask for.
+        if self.outgoing:
+            self._write(self.conn.initiate())
         self.session.link_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -77,6 +80,8 @@ class PeerLink(asyncio.Protocol):
                 event = self.conn.next_event()
                 if event is NEED_DATA or event is CLOSED:
                     break
+                if isinstance(event, Handshake) and not self.outgoing:
+                    self._write(self.conn.initiate())  # its info_hash matched ours
                 self.session.handle(self, event)
         except ProtocolError as exc:
             self.session.drop(self, f"protocol error: {exc}")

@@ -448,7 +448,8 @@ class Session:
                 self.picker.requests_dropped(link)
                 link.outstanding.clear()
                 link.last_block = now
-            if now - link.last_send > self.config.keepalive_every:
+            # Only after both handshakes: before that the wire allows nothing else.
+            if link.ready and now - link.last_send > self.config.keepalive_every:
                 link.send(m.KeepAlive())
             if link.ready and not self.complete:
                 self._update_interest(link)

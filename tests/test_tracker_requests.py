@@ -284,7 +284,7 @@ VALID = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(
     st.one_of(
         st.binary(max_size=5000),

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, Protocol
 
 from ..errors import TrackerError
-from .requests import encode_failure
+from .requests import encode_failure, redact
 
 #: Whole request head (request line + headers) must arrive within this many seconds.
 REQUEST_TIMEOUT = 10.0
@@ -154,11 +154,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(response.body)
 
+    # Both get the request line, which carries a deploy's auth token: never log that.
     def log_message(self, format: str, *args: Any) -> None:
-        self.server.responder.log.debug("%s %s", self.address_string(), format % args)
+        self.server.responder.log.debug("%s %s", self.address_string(), redact(format % args))
 
     def log_error(self, format: str, *args: Any) -> None:
-        self.server.responder.log.info("%s %s", self.address_string(), format % args)
+        self.server.responder.log.info("%s %s", self.address_string(), redact(format % args))
 
 
 class HTTPServer(ThreadingHTTPServer):

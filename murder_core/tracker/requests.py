@@ -7,13 +7,14 @@ can fix their side from the reply alone.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import struct
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Mapping, Sequence
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from .. import bencoding
 from ..errors import TrackerRequestError
@@ -27,8 +28,11 @@ MAX_QUERY_FIELDS = 128
 MAX_INT_DIGITS = 19
 #: The ``key`` parameter is a short client-chosen token; cap what we store.
 MAX_KEY_BYTES = 64
+#: The ``auth`` parameter carries a deploy's secret (32 hex digits from make-torrent).
+MAX_AUTH_BYTES = 128
 
 _DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_INT_DIGITS)
+_AUTH_VALUE = re.compile(r"(?i)(\bauth=)[^&#\s]*")
 
 
 class Event(Enum):
@@ -67,6 +71,8 @@ class AnnounceRequest:
     compact: bool = True
     no_peer_id: bool = False
     key: bytes | None = None
+    #: The deploy secret the client read from its .torrent's announce URL, if any.
+    auth: bytes | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class ScrapeRequest:
     """One parsed ``GET /scrape``; no hashes means "every torrent you serve"."""
 
     info_hashes: tuple[InfoHash, ...] = ()
+    auth: bytes | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,33 @@ def _required(pairs: Sequence[tuple[str, bytes]], name: str) -> bytes:
     if value is None:
         raise TrackerRequestError(f"missing {name}", param=name)
     return value
+
+
+def parse_auth(pairs: Sequence[tuple[str, bytes]]) -> bytes | None:
+    """The ``auth`` parameter (at most once, capped); None when absent or empty.
+
+    The value itself never goes into an error message: it is a secret.
+    """
+    auth = _single(pairs, "auth")
+    if auth is not None and len(auth) > MAX_AUTH_BYTES:
+        raise TrackerRequestError(
+            f"auth must be at most {MAX_AUTH_BYTES} bytes, got {len(auth)}", param="auth"
+        )
+    return auth or None
+
+
+def announce_auth(announce: str) -> bytes | None:
+    """The ``auth`` a .torrent's announce URL carries, read exactly as a request's would be.
+
+    Clients append their parameters to the announce URL with ``&``, so the tracker
+    receives this very value in every announce and scrape for that torrent.
+    """
+    return parse_auth(parse_query(urlsplit(announce).query.encode("utf-8")))
+
+
+def redact(text: str) -> str:
+    """``text`` (a request target or line) fit for a log: ``auth`` values are hidden."""
+    return _AUTH_VALUE.sub(r"\1<redacted>", text)
 
 
 def _info_hash(raw: bytes, name: str = "info_hash") -> InfoHash:
@@ -261,18 +295,20 @@ def parse_announce(query: bytes, remote_ip: str) -> AnnounceRequest:
         compact=_flag(pairs, "compact", default=True),
         no_peer_id=_flag(pairs, "no_peer_id", default=False),
         key=key or None,
+        auth=parse_auth(pairs),
     )
 
 
 def parse_scrape(query: bytes) -> ScrapeRequest:
     """Parse the raw query string of ``GET /scrape`` (BEP 48): repeated ``info_hash``."""
     hashes: list[InfoHash] = []
-    for name, value in parse_query(query):
+    pairs = parse_query(query)
+    for name, value in pairs:
         if name == "info_hash":
             info_hash = _info_hash(value)
             if info_hash not in hashes:
                 hashes.append(info_hash)
-    return ScrapeRequest(tuple(hashes))
+    return ScrapeRequest(tuple(hashes), auth=parse_auth(pairs))
 
 
 def compact_peers(peers: Sequence[ReplyPeer]) -> tuple[bytes, bytes]:

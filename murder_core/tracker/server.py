@@ -29,12 +29,22 @@ from .httpd import (
     failure,
     listen,
 )
-from .requests import encode_announce, encode_scrape, parse_announce, parse_scrape
+from .requests import (
+    encode_announce,
+    encode_scrape,
+    parse_announce,
+    parse_auth,
+    parse_query,
+    parse_scrape,
+    redact,
+)
 from .state import AllowedTorrents, load_swarm, save_json_atomic
 from .swarm import MAX_NUMWANT, Swarm
 
 #: Save the dfile at most this often (seconds) while the swarm keeps changing.
 SAVE_EVERY = 2.0
+#: The failure reason for a request without the token its torrent requires.
+AUTH_FAILURE = "missing or wrong auth token"
 
 
 @dataclass
@@ -110,9 +120,13 @@ class TrackerServer:
         self._saved_version = -1
         self._last_save = 0.0
 
-    def allow(self, info_hash: InfoHash | str) -> None:
-        """Serve this torrent (and stop serving unlisted ones, if the tracker was open)."""
-        self._allowed.allow(_parse_allow(info_hash) if isinstance(info_hash, str) else info_hash)
+    def allow(self, info_hash: InfoHash | str, token: bytes | None = None) -> None:
+        """Serve this torrent (and stop serving unlisted ones, if the tracker was open).
+
+        With ``token``, only requests carrying ``auth=TOKEN`` may use or see it.
+        """
+        parsed = _parse_allow(info_hash) if isinstance(info_hash, str) else info_hash
+        self._allowed.allow(parsed, token=token)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -200,22 +214,28 @@ class TrackerServer:
             if path == "/scrape":
                 return self._scrape(query)
             if path == "/stats.json":
-                body = json.dumps(self.stats()).encode()
+                body = json.dumps(self.stats(parse_auth(parse_query(query)))).encode()
                 return Response(200, "application/json", body)
             if path == "/":
-                return Response(200, "text/html; charset=utf-8", render_status_html(self.stats()))
+                page = render_status_html(self.stats(parse_auth(parse_query(query))))
+                return Response(200, "text/html; charset=utf-8", page)
             return failure(404, f"no such path {path[:100]!r}")
         except TrackerRequestError as exc:
             self.log.warning("bad request from %s: %s", remote_ip, exc)
             return failure(400, str(exc))
         except Exception:
-            self.log.exception("internal error answering %r", target[:200])
+            self.log.exception("internal error answering %r", redact(target[:200]))
             return failure(500, "internal tracker error")
 
     def _announce(self, query: bytes, remote_ip: str) -> Response:
         request = parse_announce(query, remote_ip)
         if not self._allowed.is_allowed(request.info_hash):
             return failure(200, f"torrent {request.info_hash.hex} is not allowed on this tracker")
+        if not self._allowed.token_ok(request.info_hash, request.auth):
+            self.log.warning(
+                "announce for %s from %s: %s", request.info_hash.hex[:8], remote_ip, AUTH_FAILURE
+            )
+            return failure(200, AUTH_FAILURE)
         try:
             with self._lock:
                 reply = self._swarm.announce(request, self._clock())
@@ -233,22 +253,39 @@ class TrackerServer:
 
     def _scrape(self, query: bytes) -> Response:
         request = parse_scrape(query)
+        allowed = self._allowed
         if request.info_hashes:
             wanted: list[InfoHash] | None = [
-                h for h in request.info_hashes if self._allowed.is_allowed(h)
+                h for h in request.info_hashes if allowed.is_allowed(h)
             ]
+            if any(not allowed.token_ok(h, request.auth) for h in wanted or ()):
+                return failure(200, AUTH_FAILURE)
+        elif allowed.open:
+            wanted = None
         else:
-            wanted = None if self._allowed.open else sorted(self._allowed.allowed(), key=str)
+            # "Everything you serve" means everything this caller's token opens.
+            every = sorted(allowed.allowed(), key=str)
+            wanted = [h for h in every if allowed.token_ok(h, request.auth)]
         with self._lock:
             entries = self._swarm.scrape(wanted, now=self._clock())
         return Response(200, BENCODE_TYPE, encode_scrape(entries))
 
-    def stats(self) -> dict[str, Any]:
-        """The ``/stats.json`` document."""
+    def stats(self, auth: bytes | None = None) -> dict[str, Any]:
+        """The ``/stats.json`` document, showing only what ``auth`` may see.
+
+        A deploy's torrent (one with a token) appears only to a caller with its token:
+        its info_hash and peer list are all an outsider needs to fetch the payload.
+        """
         labels = self._allowed.labels()
         include = sorted(self._allowed.allowed(), key=str)
         with self._lock:
-            return self._swarm.stats(self._clock(), labels, include)
+            doc = self._swarm.stats(self._clock(), labels, include)
+        doc["torrents"] = {
+            hex_hash: torrent
+            for hex_hash, torrent in doc["torrents"].items()
+            if self._allowed.visible(InfoHash.from_hex(hex_hash), auth)
+        }
+        return doc
 
 
 def render_status_html(stats: dict[str, Any]) -> bytes:

@@ -9,17 +9,19 @@ harmless (peers re-announce within one interval), refusing to start is not.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from ..errors import MurderError, TrackerError
 from ..metainfo import read_metainfo
 from ..values import InfoHash
+from .requests import announce_auth
 from .swarm import Swarm, TorrentLabel
 
 #: A dfile larger than this is not ours (50k peers x 10 torrents is ~100 MiB of JSON).
@@ -81,6 +83,7 @@ class _Seen:
     stamp: tuple[int, int]
     info_hash: InfoHash | None
     label: TorrentLabel | None
+    token: bytes | None = field(default=None, repr=False)
 
 
 class AllowedTorrents:
@@ -89,6 +92,9 @@ class AllowedTorrents:
     With neither, the tracker is open (serves any torrent), as Murder's was. The dir is
     rescanned when an unknown hash shows up, at most once per ``rescan_interval``, so a
     .torrent copied in later is served without a restart. Thread-safe.
+
+    A torrent whose announce URL carries ``auth=TOKEN`` (``make-torrent --auth``) is a
+    deploy's secret: only requests bearing that token may announce, scrape or see it.
     """
 
     def __init__(
@@ -108,10 +114,12 @@ class AllowedTorrents:
         self._lock = threading.Lock()
         self._scan_lock = threading.Lock()
         self._registered: dict[InfoHash, TorrentLabel | None] = dict.fromkeys(allow)
+        self._registered_tokens: dict[InfoHash, bytes] = {}
         self._files: dict[str, _Seen] = {}
         self._last_scan: float | None = None
         # Rebuilt on every change, read on every announce.
         self._known: dict[InfoHash, TorrentLabel | None] = dict(self._registered)
+        self._tokens: dict[InfoHash, frozenset[bytes]] = {}
 
     @property
     def open(self) -> bool:
@@ -119,9 +127,13 @@ class AllowedTorrents:
         with self._lock:
             return self._dir is None and not self._registered
 
-    def allow(self, info_hash: InfoHash, label: TorrentLabel | None = None) -> None:
+    def allow(
+        self, info_hash: InfoHash, label: TorrentLabel | None = None, token: bytes | None = None
+    ) -> None:
         with self._lock:
             self._registered[info_hash] = label
+            if token:
+                self._registered_tokens[info_hash] = token
             self._rebuild()
 
     def _rebuild(self) -> None:
@@ -133,7 +145,50 @@ class AllowedTorrents:
         for info_hash, label in self._registered.items():
             if label is not None or info_hash not in known:
                 known[info_hash] = label
+        # Strict on purpose: once any source gives a torrent a token, a token is required,
+        # even if another (token-less) copy of the same torrent sits in the dir.
+        tokens: dict[InfoHash, set[bytes]] = {}
+        for seen in self._files.values():
+            if seen.info_hash is not None and seen.token is not None:
+                tokens.setdefault(seen.info_hash, set()).add(seen.token)
+        for info_hash, token in self._registered_tokens.items():
+            tokens.setdefault(info_hash, set()).add(token)
         self._known = known
+        self._tokens = {h: frozenset(t) for h, t in tokens.items()}
+
+    def token_ok(self, info_hash: InfoHash, auth: bytes | None) -> bool:
+        """Whether ``auth`` opens ``info_hash``: always for a torrent without a token.
+
+        A changed dir is read again first: the next deploy of the same payload has the
+        same info_hash but a new token, and the old one must stop working at once.
+        """
+        if self._dir is not None and self._dir_stamp() != self._scanned_stamp:
+            with self._scan_lock:
+                if self._dir_stamp() != self._scanned_stamp:
+                    self._scan()
+        with self._lock:
+            tokens = self._tokens.get(info_hash)
+        if not tokens:
+            return True
+        if auth is None:
+            return False
+        # Constant-time, and every token compared, so timing tells nothing about which.
+        matches = [hmac.compare_digest(auth, token) for token in tokens]
+        return any(matches)
+
+    def visible(self, info_hash: InfoHash, auth: bytes | None) -> bool:
+        """Whether a status page asked with ``auth`` may show ``info_hash`` at all.
+
+        An open tracker shows everything (nothing there has a token); otherwise only
+        torrents still allowed, and a deploy's only to holders of its token: its
+        info_hash and peer list are all an outsider needs to fetch the payload.
+        """
+        if self.open:
+            return True
+        with self._lock:
+            if info_hash not in self._known:
+                return False
+        return self.token_ok(info_hash, auth)
 
     def _contains(self, info_hash: InfoHash) -> bool:
         with self._lock:
@@ -222,11 +277,15 @@ class AllowedTorrents:
     def _read(self, path: str, stamp: tuple[int, int]) -> _Seen:
         try:
             meta = read_metainfo(path)
+            # A torrent whose token we cannot read must not be served unprotected.
+            token = announce_auth(meta.announce)
         except MurderError as exc:
             self._log.warning("skipping bad torrent: %s", exc)
             return _Seen(stamp, None, None)
         except OSError as exc:
             self._log.warning("skipping unreadable torrent %s: %s", path, exc)
             return _Seen(stamp, None, None)
-        self._log.info("serving %s (%s) from %s", meta.info_hash.hex, meta.name, path)
-        return _Seen(stamp, meta.info_hash, TorrentLabel(meta.name, meta.total_length))
+        protected = " (auth token required)" if token else ""
+        self._log.info("serving %s (%s) from %s%s", meta.info_hash.hex, meta.name, path, protected)
+        label = TorrentLabel(meta.name, meta.total_length)
+        return _Seen(stamp, meta.info_hash, label, token)
