@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -48,3 +51,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.longrepr = (
             f"skipped in CI, where cluster and interop tests must run: {report.longrepr}"
         )
+
+
+# -- hypothesis: one switch for every property test ----------------------------------------
+# HYPOTHESIS_PROFILE=nightly runs 10,000 cases per property (issue 5's nightly size);
+# CI and laptops get "ci". Tests set no example counts of their own, only what they must
+# (deadline=None where the first examples are legitimately slow). The deadline is the hang
+# guard: one case taking seconds means a loop that should not be there.
+hypothesis_settings.register_profile(
+    "ci", max_examples=300, deadline=timedelta(seconds=2), print_blob=True
+)
+hypothesis_settings.register_profile(
+    "nightly",
+    max_examples=10_000,
+    deadline=timedelta(seconds=2),
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

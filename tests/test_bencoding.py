@@ -167,7 +167,7 @@ def test_encode_refuses(value: Any, message: str) -> None:
 _TOKENS = [b"i", b"e", b"l", b"d", b"0", b"1", b"9", b":", b"-", b"a", b"i1e", b"1:a", b"4:"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.one_of(st.binary(max_size=64), st.lists(st.sampled_from(_TOKENS)).map(b"".join)))
 def test_random_bytes_raise_only_bencode_error(data: bytes) -> None:
     try:
@@ -188,7 +188,7 @@ _VALUES = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(_VALUES)
 def test_round_trip(value: Any) -> None:
     data = encode(value)

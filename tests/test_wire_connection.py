@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from murder_core.errors import LocalProtocolError, RemoteProtocolError
@@ -367,30 +367,49 @@ def test_a_message_before_our_handshake_went_out() -> None:
     ("msgs", "message"),
     [
         (
-            [m.Interested(), m.Bitfield(b"\xff\xc0")],
-            "Bitfield is only allowed as the first message after the handshake, "
-            "not after Interested",
-        ),
-        (
-            [m.Bitfield(b"\xff\xc0"), m.Bitfield(b"\xff\xc0")],
-            "Bitfield is only allowed as the first message after the handshake, not after Bitfield",
-        ),
-        (
-            [m.Have(1), m.HaveAll()],
-            "HaveAll is only allowed as the first message after the handshake, not after Have",
-        ),
-        (
             [m.KeepAlive(), m.HaveNone(), m.HaveNone()],
             "HaveNone is only allowed as the first message after the handshake, not after HaveNone",
         ),
         (
-            [m.Bitfield(b"\x00\x00"), m.HaveAll()],
-            "HaveAll is only allowed as the first message after the handshake, not after Bitfield",
+            [m.Bitfield(b"\x00\x00"), m.HaveNone()],
+            "HaveNone is only allowed as the first message after the handshake, not after Bitfield",
+        ),
+        (
+            [m.Interested(), m.HaveNone()],
+            "HaveNone is only allowed as the first message after the handshake, "
+            "not after Interested",
         ),
     ],
 )
-def test_availability_only_as_the_first_message(msgs: list[m.Message], message: str) -> None:
+def test_have_none_only_as_the_first_message(msgs: list[m.Message], message: str) -> None:
     assert remote_error(handshaken(), *msgs) == message
+
+
+@pytest.mark.parametrize(
+    ("msgs", "pieces", "count"),
+    [
+        # aria2 sends HaveNone, then, once it holds a few pieces, a Bitfield instead of Haves.
+        ([m.HaveNone(), m.Interested(), m.Bitfield(b"\x90\x00")], b"\x90\x00", 2),
+        ([m.Bitfield(b"\x80\x00"), m.Have(9), m.Bitfield(b"\x40\x00")], b"\xc0\x40", 3),
+        ([m.Have(1), m.HaveAll()], b"\xff\xc0", NUM),
+        ([m.Bitfield(b"\x00\x00"), m.Unchoke(), m.HaveAll()], b"\xff\xc0", NUM),
+    ],
+)
+def test_late_bitfield_or_have_all_from_the_remote_only_adds_pieces(
+    msgs: list[m.Message], pieces: bytes, count: int
+) -> None:
+    conn = handshaken()
+    assert feed(conn, *msgs) == msgs
+    assert conn.peer_pieces == bytearray(pieces)
+    assert conn.peer_piece_count == count
+
+
+def test_late_bitfield_from_the_remote_is_still_checked() -> None:
+    conn = handshaken()
+    feed(conn, m.HaveNone())
+    assert remote_error(conn, m.Bitfield(b"\x00\x01")) == (
+        "Bitfield has spare bits set after piece 9: last byte is 0x01"
+    )
 
 
 @pytest.mark.parametrize(
@@ -638,7 +657,6 @@ _framed = st.builds(
 _wire_pieces = st.one_of(_messages.map(encode), _framed, st.binary(min_size=1, max_size=90))
 
 
-@settings(max_examples=500)
 @given(
     pieces=st.lists(_wire_pieces, max_size=12),
     cut=st.integers(1, 50),

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from murder_core.errors import LocalProtocolError, RemoteProtocolError
@@ -269,7 +269,6 @@ _framed = st.builds(
 _wire_pieces = st.one_of(_messages.map(encode), _framed, st.binary(min_size=1, max_size=60))
 
 
-@settings(max_examples=500)
 @given(pieces=st.lists(_wire_pieces, max_size=12), cut=st.integers(1, 50))
 def test_arbitrary_bytes_only_ever_raise_remote_protocol_error(
     pieces: list[bytes], cut: int

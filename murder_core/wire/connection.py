@@ -13,7 +13,9 @@ handshake (it needs our reserved bits to know whether HaveAll is allowed).
 
 Every rule is checked the same way for both directions; only the error class
 differs: ``RemoteProtocolError`` for what the peer sent (drop it),
-``LocalProtocolError`` for what our driver tried to send (a bug here).
+``LocalProtocolError`` for what our driver tried to send (a bug here). One
+exception: a remote may repeat Bitfield or HaveAll later in the connection, as
+aria2 does instead of a burst of Haves; it only ever adds pieces. We never send one late.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class HandshakePhase(Enum):
 
 _FAST_ONLY = (SuggestPiece, HaveAll, HaveNone, RejectRequest, AllowedFast)
 _AVAILABILITY = (Bitfield, HaveAll, HaveNone)
+_LATE_AVAILABILITY = (Bitfield, HaveAll)  # accepted from a remote after its first message
 # May come before the Bitfield without taking its "first message" place: BEP 10 asks for
 # the extension handshake right after the BitTorrent handshake, and Port is informational.
 _UNORDERED = (KeepAlive, Extended, Port)
@@ -293,8 +296,10 @@ class PeerConnection:
         if isinstance(msg, Have):
             self._set_peer_piece(msg.index)
         elif isinstance(msg, Bitfield):
-            self._peer_pieces[:] = msg.bits
-            self._peer_piece_count = bin(int.from_bytes(msg.bits, "big")).count("1")
+            # OR, not replace: a late bitfield must not take back pieces announced by Have.
+            merged = int.from_bytes(self._peer_pieces, "big") | int.from_bytes(msg.bits, "big")
+            self._peer_pieces[:] = merged.to_bytes(self._bitfield_len, "big")
+            self._peer_piece_count = bin(merged).count("1")
         elif isinstance(msg, HaveAll):
             self._peer_pieces[:] = b"\xff" * self._bitfield_len
             self._peer_pieces[-1] &= 0xFF ^ self._spare_mask
@@ -316,7 +321,11 @@ class PeerConnection:
             raise error(f"{name} index {msg.index} is out of range for {self.num_pieces} pieces")
         if isinstance(msg, Request) and not 0 < msg.length <= self.max_block:
             raise error(f"Request length must be in 1..{self.max_block}, got {msg.length}")
-        if isinstance(msg, _AVAILABILITY) and side.first is not None:
+        if (
+            isinstance(msg, _AVAILABILITY)
+            and side.first is not None
+            and not (side is self._them and isinstance(msg, _LATE_AVAILABILITY))
+        ):
             raise error(
                 f"{name} is only allowed as the first message after the handshake, "
                 f"not after {type(side.first).__name__}"
