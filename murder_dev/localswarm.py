@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,15 +78,29 @@ class LocalSwarm:
         self.torrent = self.workdir / (self.payload.name + ".torrent")
 
     def _spawn(self, name: str, args: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
+        return self.spawn_program(
+            name, [*murder_cmd(self.pyz, self.python), *args], env=child_env(self.pyz), **kw
+        )
+
+    def spawn_program(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        **kw: object,
+    ) -> subprocess.Popen[bytes]:
+        """Start any program (aria2c, a libtorrent script) as a member of this swarm.
+
+        Its output goes to ``NAME.log`` in the workdir, and ``stop``/``close`` end it.
+        """
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        env = child_env(self.pyz)
-        proc = subprocess.Popen(
-            [*murder_cmd(self.pyz, self.python), *args],
+        proc: subprocess.Popen[bytes] = subprocess.Popen(
+            list(argv),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
-            **kw,  # type: ignore[arg-type]
+            env=dict(env) if env is not None else None,
+            **kw,  # type: ignore[call-overload]
         )
         log.close()
         self.procs[name] = proc
@@ -183,6 +198,29 @@ class LocalSwarm:
                 *extra,
             ],
         )
+
+    def stats(self) -> dict[str, Any]:
+        """The tracker's ``/stats.json``."""
+        url = f"http://127.0.0.1:{self.tracker_port}/stats.json"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            stats: dict[str, Any] = json.loads(resp.read())
+        return stats
+
+    def wait_for_seeders(self, count: int = 1, timeout: float = 60) -> None:
+        """Wait until the tracker has heard ``count`` complete peers (ours or anyone's).
+
+        A peer started before then could find nobody to download from; raises
+        RuntimeError (with the seeder logs) if it does not happen in time.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            torrents = self.stats().get("torrents", {}).values()
+            if sum(int(t.get("seeders", 0)) for t in torrents) >= count:
+                return
+            if time.monotonic() > deadline:
+                logs = {n: self.log(n)[-1000:] for n in self.procs if n != "tracker"}
+                raise RuntimeError(f"no {count} seeder(s) at the tracker in {timeout} s: {logs}")
+            time.sleep(0.1)
 
     def wait(self, names: Sequence[str], timeout: float) -> dict[str, int | None]:
         deadline = time.monotonic() + timeout
