@@ -73,6 +73,46 @@ def swarm(c, peers=5, size_mb=64):
         shutil.rmtree(work, ignore_errors=True)
 
 
+@task(
+    help={
+        "loopback": "one seeder -> one peer on 127.0.0.1 (ours, aria2c, libtorrent) instead",
+        "hosts": "cluster: peers N (plus h1, the seeder)",
+        "rate": "cluster: tc rate of every link, each way",
+        "size_mb": "payload size in MiB (default 128 on the cluster, 1024 on loopback)",
+        "repeat": "runs of each method",
+        "sweep": "cluster: also these N, comma-separated (e.g. 3,8,16,24)",
+        "methods": "only these methods, comma-separated",
+        "profile": "loopback: one more run of ours under py-spy",
+    }
+)
+def bench(
+    c,
+    loopback=False,
+    hosts=16,
+    rate="100mbit",
+    size_mb=0,
+    repeat=1,
+    sweep="",
+    methods="",
+    profile=False,
+):
+    """Benchmarks: deploy methods on the local cluster against T_min, or --loopback."""
+    if loopback:
+        from murder_dev import bench_loopback
+
+        argv = ["--size-mb", str(int(size_mb) or 1024), "--repeat", str(int(repeat))]
+        argv += ["--methods", methods] if methods else []
+        argv += ["--profile"] if profile else []
+        raise SystemExit(bench_loopback.main(argv))
+    from murder_dev import bench_cluster
+
+    argv = ["--hosts", str(int(hosts)), "--rate", rate, "--size-mb", str(int(size_mb) or 128)]
+    argv += ["--repeat", str(int(repeat))]
+    argv += ["--sweep", sweep] if sweep else []
+    argv += ["--methods", methods] if methods else []
+    raise SystemExit(bench_cluster.main(argv))
+
+
 CLUSTER_DIR = ROOT / ".cluster"
 
 
@@ -121,4 +161,4 @@ cluster_ns.add_task(cluster_up, "up")
 cluster_ns.add_task(cluster_down, "down")
 cluster_ns.add_task(cluster_status, "status")
 
-ns = Collection(demo, test, lint, build, swarm, cluster_ns)
+ns = Collection(demo, test, lint, build, swarm, bench, cluster_ns)

@@ -1,0 +1,122 @@
+"""The cluster benchmark: a tiny real run (3 peers, 4 MiB) and the arithmetic it relies on.
+
+The smoke test runs ``python -m murder_dev.bench_cluster`` as a user would, on its own
+prefix and subnet, and checks the JSON: every method present, every peer's copy with
+the payload's sha256, and numbers that hang together (no timing thresholds: the only
+bound asserted is physics, T_min, which no correct measurement can beat).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import need, need_program, need_root
+
+from murder_dev.bench_report import t_min
+from murder_dev.bench_seeder import counter_at, first_round
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ("h2", "h3", "h4")
+SIZE = 4 * 1024 * 1024
+RATE_BITS = 100e6
+METHODS = {"scp", "aria2c", "murder", "fab"}
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_tiny_bench_verifies_every_method_on_every_peer(tmp_path: Path) -> None:
+    need(sys.platform.startswith("linux"), "network namespaces exist only on Linux")
+    need_root()
+    for tool in ("ip", "tc", "unshare", "nsenter", "ssh-keygen", "scp", "sha256sum", "aria2c"):
+        need_program(tool)
+    need(Path("/usr/sbin/sshd").exists(), "needs /usr/sbin/sshd (Debian package openssh-server)")
+    from murder_dev import cluster
+
+    out = tmp_path / "out"
+    # Not under /tmp: every cluster host mounts its own /tmp over it.
+    base = Path(tempfile.mkdtemp(prefix="murder-bench-test-", dir="/var/tmp"))
+    workdir = base / "cluster"
+    argv = [sys.executable, "-m", "murder_dev.bench_cluster", "--hosts", "3", "--size-mb", "4"]
+    argv += ["--out", str(out), "--workdir", str(workdir), "--prefix", "mbnt", "--subnet", "41"]
+    try:
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        # The benchmark takes its cluster down itself, whatever happened.
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert "mbnt-h" not in left, left
+        assert not workdir.exists()
+    finally:
+        cluster.down(workdir, prefix="mbnt")
+        shutil.rmtree(base, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+    data = json.loads((out / "cluster.json").read_text())
+    digest = data["payload"]["sha256"]
+    assert data["payload"]["bytes"] == SIZE
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    bound = data["t_min"]["3"]["nominal"]
+    assert bound == pytest.approx(SIZE * 8 / RATE_BITS, rel=1e-3)
+    assert 0.5 < data["link"]["goodput_fraction"] <= 1.0
+
+    runs = {r["method"]: r for r in data["runs"]}
+    assert set(runs) == METHODS
+    for method, run in runs.items():
+        assert run["ok"], (method, run["error"])
+        assert run["sha256"] == dict.fromkeys(PEERS, digest), method
+        assert run["seconds"] >= 0.9 * bound, (method, run["seconds"])
+        assert set(run["completions"]) == set(PEERS), method
+        assert all(0 < t <= run["seconds"] for t in run["completions"].values()), method
+    swarm = runs["murder"]["metrics"]
+    assert 0 < swarm["peer_peak_rss_mib_max"] < 1024
+    assert swarm["seeder_all_once_s"] is not None
+    assert swarm["seeder_payload_sent_bytes"] >= SIZE
+    assert 0 < swarm["seeder_busy_pct_until_all_once"] <= 150
+
+    rows = {r["method"]: r for r in data["summary"]}
+    for method, row in rows.items():
+        seconds = runs[method]["seconds"]
+        assert row["seconds"] == pytest.approx(seconds, abs=0.01)
+        assert row["ratio"] == pytest.approx(seconds / bound, abs=0.01)
+        assert row["mb_per_s_per_peer"] == pytest.approx(SIZE / 1e6 / seconds, abs=0.01)
+        assert row["label"] in done.stdout
+    for plot in data.get("plots", []):
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("size", "seeder", "ups", "downs", "expected"),
+    [
+        (100, 10.0, [10.0] * 4, [10.0] * 4, 10.0),  # equal links: the seeder's uplink binds
+        (100, 10.0, [10.0], [5.0], 20.0),  # a slow downlink binds
+        (100, 50.0, [1.0] * 9, [100.0] * 9, 900 / 59),  # the fleet's total uplink binds
+    ],
+)
+def test_t_min_is_the_tightest_of_the_three_bounds(
+    size: int, seeder: float, ups: list[float], downs: list[float], expected: float
+) -> None:
+    assert t_min(size, seeder, ups, downs) == pytest.approx(expected)
+
+
+def test_first_round_finds_when_every_byte_left_once_and_what_was_resent() -> None:
+    block = 16384
+    sent = [
+        (1.0, 0, 0, block),
+        (2.0, 0, 0, block),  # piece 0 again before piece 1 ever left
+        (3.0, 1, 0, block),
+        (4.0, 1, 0, block),  # after the first round: not counted
+    ]
+    assert first_round(sent, 2 * block) == (3.0, block, 1)
+    assert first_round(sent[:2], 2 * block) == (None, block, 1)
+
+
+def test_counter_at_interpolates_between_samples() -> None:
+    points = [(0.0, 0), (1.0, 100), (3.0, 100)]
+    assert counter_at(points, -1.0) == 0
+    assert counter_at(points, 0.5) == 50
+    assert counter_at(points, 2.0) == 100
+    assert counter_at(points, 9.0) == 100
