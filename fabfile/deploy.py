@@ -34,6 +34,7 @@ from fabfile.torrent import (
     make_torrent,
     publish_torrent,
     stage_local,
+    stats_path,
 )
 from fabfile.tracker import start_tracker
 from murder_core.errors import DeployError, MurderError
@@ -214,10 +215,12 @@ def _deploy(
     peer_ips = {ips[h] for h in live if h != inv.seeder.name}
     tracker_ip = ips[inv.tracker.name]
     transport = conns.connection(inv.tracker.name).transport
+    # The tracker shows this deploy's torrent only to holders of its token.
+    path = stats_path(meta.announce)
     bar = SwarmProgress(
         [
-            lambda: fetch_over_ssh(transport, tracker_ip, settings.tracker_port),
-            lambda: fetch_direct(tracker_ip, settings.tracker_port),
+            lambda: fetch_over_ssh(transport, tracker_ip, settings.tracker_port, path=path),
+            lambda: fetch_direct(tracker_ip, settings.tracker_port, path=path),
         ],
         info_hash,
         peer_ips,

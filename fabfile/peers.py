@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -17,6 +19,26 @@ PEER_EXIT = {
 }
 #: Slack on top of the engine's own --timeout before SSH gives up on the command.
 SSH_SLACK_SECONDS = 60
+
+
+def describe_exit(code: int) -> str:
+    """What a ``murder peer`` exit status says, for the report's error column.
+
+    128+N is the shell's way to say "killed by signal N" (the engine's own parent
+    process passes its worker's death on that way too); -1 is paramiko's "the channel
+    closed without an exit status", which means the session died under the command.
+    """
+    if code in PEER_EXIT:
+        return f"{PEER_EXIT[code]} (exit {code})"
+    if code == -1:
+        return "ended without an exit status (the SSH session died under it)"
+    if 128 < code <= 128 + 64:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        return f"killed by {name} (exit {code})"
+    return f"failed (exit {code})"
 
 
 def upload_torrent(conns: Connections, settings: Settings, local: Path, host: str) -> None:
@@ -67,11 +89,28 @@ def download(conns: Connections, settings: Settings, host: str) -> bool:
     if host == conns.inventory.seeder.name:
         return False
     script = peer_script(settings, conns.ip_of(host))
-    result = conns.run(host, script, timeout=settings.peer_timeout + SSH_SLACK_SECONDS, check=False)
+    limit = settings.peer_timeout + SSH_SLACK_SECONDS
+    # The peer gives up by itself after peer_timeout; silence past that plus the slack
+    # means the host or its link is gone, not the download.
+    silent = (
+        f"murder peer: no answer from the host for {limit:g}s "
+        f"(peer_timeout {settings.peer_timeout:g}s + {SSH_SLACK_SECONDS}s): "
+        "host unreachable or hung"
+    )
+    begun = time.monotonic()
+    try:
+        result = conns.run(host, script, timeout=limit, check=False)
+    except HostError as exc:
+        # Invoke either raises its timeout or, when the channel dies first, returns -1.
+        if exc.reason.startswith("command timed out"):
+            raise HostError(host, silent) from exc
+        raise
     if result.exited != 0:
-        meaning = PEER_EXIT.get(result.exited, "failed")
         detail = last_line(result.stderr) or last_line(result.stdout)
-        raise HostError(host, f"murder peer: {meaning} (exit {result.exited}): {detail}")
+        message = f"murder peer: {describe_exit(result.exited)}"
+        if result.exited == -1 and time.monotonic() - begun >= limit - 1:
+            message = silent
+        raise HostError(host, f"{message}: {detail}" if detail else message)
     return True
 
 

@@ -70,13 +70,15 @@ def _read_http_response(raw: bytes) -> bytes:
     return body
 
 
-def fetch_over_ssh(transport: Transport, ip: str, port: int, timeout: float = 5.0) -> bytes:
-    """GET /stats.json through an SSH ``direct-tcpip`` channel to ip:port."""
+def fetch_over_ssh(
+    transport: Transport, ip: str, port: int, timeout: float = 5.0, path: str = "/stats.json"
+) -> bytes:
+    """GET ``path`` (``/stats.json``, with a token) over an SSH ``direct-tcpip`` channel."""
     chan = transport.open_channel("direct-tcpip", (ip, port), ("127.0.0.1", 0), timeout=timeout)
     try:
         chan.settimeout(timeout)
         host = f"[{ip}]" if ":" in ip else ip
-        chan.sendall(f"GET /stats.json HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
+        chan.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
         raw = b""
         while len(raw) <= MAX_STATS_BYTES:
             chunk = chan.recv(65536)
@@ -90,9 +92,9 @@ def fetch_over_ssh(transport: Transport, ip: str, port: int, timeout: float = 5.
     return _read_http_response(raw)
 
 
-def fetch_direct(ip: str, port: int, timeout: float = 5.0) -> bytes:
+def fetch_direct(ip: str, port: int, timeout: float = 5.0, path: str = "/stats.json") -> bytes:
     host = f"[{ip}]" if ":" in ip else ip
-    with urllib.request.urlopen(f"http://{host}:{port}/stats.json", timeout=timeout) as resp:
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=timeout) as resp:
         data: bytes = resp.read(MAX_STATS_BYTES + 1)
     if len(data) > MAX_STATS_BYTES:
         raise OSError(f"stats.json larger than {MAX_STATS_BYTES} bytes")

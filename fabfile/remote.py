@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, TypeV
 from fabric import Config, Connection  # type: ignore[import-untyped]
 from invoke.exceptions import CommandTimedOut
 from paramiko import RejectPolicy
-from paramiko.ssh_exception import SSHException
+from paramiko.ssh_exception import NoValidConnectionsError, SSHException
 
 from fabfile.inventory import Host, Inventory
 from murder_core.errors import DeployError, HostError
@@ -64,6 +64,22 @@ class Outcome(Generic[T]):
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def connect_error(exc: BaseException) -> str:
+    """Why an SSH connection could not be opened, in the words of the socket error.
+
+    paramiko wraps refused/unreachable addresses in NoValidConnectionsError, whose
+    own text ("[Errno None] Unable to connect ...") hides the reason.
+    """
+    if isinstance(exc, NoValidConnectionsError) and exc.errors:
+        reasons = sorted(
+            {f"{addr[0]}:{addr[1]}: {err.strerror or err}" for addr, err in exc.errors.items()}
+        )
+        return f"ssh: cannot connect to {'; '.join(reasons)}"
+    if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+        return f"ssh: connection timed out ({type(exc).__name__}: {exc})"
+    return f"ssh: {type(exc).__name__}: {exc}".strip()
 
 
 def _expand_known_hosts(value: str, user: str, host: str) -> List[str]:
@@ -157,7 +173,7 @@ class Connections:
             try:
                 conn.open()
             except (SSHException, OSError, EOFError) as exc:
-                message = f"ssh: {type(exc).__name__}: {exc}".strip()
+                message = connect_error(exc)
                 with self._lock:
                     self.failed.setdefault(name, message)
                 raise HostError(name, message) from exc

@@ -30,6 +30,7 @@ from typing import List, Optional, Sequence, Tuple, Type
 PROG = "murder-release"
 EXIT_REFUSED = 3
 EXIT_UNSAFE = 4
+EXIT_NO_SPACE = 5
 #: tarfile.FilterError exists only where extraction filters do (3.9.17+, 3.11.4+).
 _FILTER_ERRORS: Tuple[Type[BaseException], ...] = (
     (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
@@ -94,16 +95,64 @@ def checked_members(tar: tarfile.TarFile, dest: str) -> List[tarfile.TarInfo]:
     return out
 
 
-def extract_tar(src: str, dest: str, use_filter: Optional[bool] = None) -> None:
-    """Extract ``src`` into the existing directory ``dest``, refusing hostile members."""
+def screened_members(tar: tarfile.TarFile, dest: str) -> List[tarfile.TarInfo]:
+    """Every member, after the ``data`` filter has passed each one; nothing is written.
+
+    The filter alone would run member by member during extraction, so the members
+    before a hostile one would already be on disk. It also quietly strips a leading
+    ``/``; an archive with absolute names was not made for us, so we refuse it instead.
+    """
+    members = tar.getmembers()  # extractall reads them all first anyway
+    for member in members:
+        if member.name.startswith("/") or os.path.isabs(member.name):
+            raise ReleaseError(f"unsafe archive member {member.name!r}: absolute path", EXIT_UNSAFE)
+        tarfile.data_filter(member, dest)
+    return members
+
+
+#: Charged per member on top of its data: an inode, a directory entry, a partial block.
+MEMBER_OVERHEAD = 4096
+
+
+def space_needed(members: Sequence[tarfile.TarInfo]) -> int:
+    """Bytes the extracted ``members`` take, rounded up per member (an estimate from above)."""
+    return sum(m.size + MEMBER_OVERHEAD if m.isreg() else MEMBER_OVERHEAD for m in members)
+
+
+def check_space(directory: str, needed: int, target: str) -> None:
+    """Refuse before writing when ``directory``'s filesystem has less than ``needed`` free.
+
+    Failing half-way through would also be safe (the work directory is removed), but a
+    full disk on a production host is worth a message that says how much is missing.
+    """
+    stats = os.statvfs(directory)
+    free = stats.f_bavail * stats.f_frsize
+    if needed > free:
+        raise ReleaseError(
+            f"not enough disk space for {target}: need {needed} bytes, "
+            f"{free} bytes free in {os.path.dirname(target) or target}",
+            EXIT_NO_SPACE,
+        )
+
+
+def extract_tar(
+    src: str, dest: str, use_filter: Optional[bool] = None, target: Optional[str] = None
+) -> None:
+    """Extract ``src`` into the existing directory ``dest``, refusing hostile members.
+
+    ``target`` is where ``dest`` will be renamed to, for the messages.
+    """
     if use_filter is None:
         use_filter = hasattr(tarfile, "data_filter")
     try:
         with tarfile.open(src, "r:*") as tar:
+            members = screened_members(tar, dest) if use_filter else checked_members(tar, dest)
+            check_space(dest, space_needed(members), target or dest)
             if use_filter:
-                tar.extractall(dest, filter="data")
+                # Filtered again while extracting: links made by earlier members count then.
+                tar.extractall(dest, members=members, filter="data")
             else:
-                tar.extractall(dest, members=checked_members(tar, dest))
+                tar.extractall(dest, members=members)
     except _FILTER_ERRORS as exc:
         raise ReleaseError(f"unsafe archive member: {exc}", EXIT_UNSAFE) from exc
     except tarfile.TarError as exc:
@@ -141,9 +190,10 @@ def extract(
         if kind == "file":
             if not name or "/" in name or name in (".", ".."):
                 raise ReleaseError(f"bad file name {name!r}")
+            check_space(work, os.path.getsize(src) + MEMBER_OVERHEAD, target)
             shutil.copyfile(src, os.path.join(work, name))
         elif kind == "tar":
-            extract_tar(src, work, use_filter)
+            extract_tar(src, work, use_filter, target)
         else:
             raise ReleaseError(f"unknown payload kind {kind!r}")
     except OSError as exc:

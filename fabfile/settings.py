@@ -45,6 +45,8 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+#: A command name or path: no shell syntax at all, so it reads the same quoted or not.
+_PYTHON_RE = re.compile(r"^[A-Za-z0-9_./+-]+$")
 MAX_TAG_LENGTH = 100
 _INT_KEYS = {
     "tracker_port": (1, 65535),
@@ -147,6 +149,11 @@ class Settings:
             raise DeployError("give either files_path (on the seeder) or local_path, not both")
         if not self.python or any(ch.isspace() for ch in self.python):
             raise DeployError(f"python must be one command without spaces, got {self.python!r}")
+        if self.python.startswith("-") or not _PYTHON_RE.match(self.python):
+            raise DeployError(
+                "python must be a command name or path of [A-Za-z0-9_./+-] not starting "
+                f"with '-', got {self.python!r}"
+            )
         if not 0.05 <= self.stats_interval <= 60:
             raise DeployError(
                 f"stats_interval must be in 0.05..60 seconds, got {self.stats_interval}"

@@ -57,6 +57,10 @@ def teardown(conns: Connections, settings: Settings, peers: Sequence[str]) -> Li
     targets = [h for h in peers if h in reached]
     outcomes = conns.map(targets, lambda h: stop_peering(conns, settings, h), skip_failed=False)
     problems.extend(f"{o.host}: stop_peering: {o.error}" for o in outcomes.values() if not o.ok)
+    # A host SSH cannot reach now will not answer the next step either: skip it rather
+    # than wait out another timeout on it.
+    gone = {o.host for o in outcomes.values() if not o.ok and str(o.error).startswith("ssh:")}
+    reached -= gone
     attempt(inv.seeder.name, "stop_seeding", lambda: stop_seeding(conns, settings))
     attempt(inv.tracker.name, "stop_tracker", lambda: stop_tracker(conns, settings))
     everyone = [h.name for h in inv.all_hosts if h.name in reached]

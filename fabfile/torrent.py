@@ -3,6 +3,12 @@
 As in Murder, the payload is ``temp_path/TAG.tgz``: a tarball of ``files_path`` without
 ``.git*``, or (``path_is_file``) that one file as is. ``--local-path`` stages a
 workstation directory or file onto the seeder first, as Murder's deploy strategy did.
+
+Each deploy's .torrent carries a fresh secret in its announce URL (``make-torrent
+--auth``, so the token is born on the seeder and never appears on a command line); the
+tracker serves the torrent only to requests bearing it. Whoever holds the .torrent holds
+the secret, so it and everything beside it stay readable by the deploy user only: files
+0600, directories 0700, here and on the hosts.
 """
 
 from __future__ import annotations
@@ -13,13 +19,45 @@ import tarfile
 import tempfile
 from pathlib import Path
 from typing import Optional
+from urllib.parse import quote
 
 from fabfile.remote import Connections, HostError, sh
 from fabfile.settings import Settings
 from fabfile.tracker import tracker_address
-from murder_core.errors import DeployError
+from murder_core.errors import DeployError, MurderError
+from murder_core.tracker.requests import announce_auth
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def private_dir_script(path: str) -> str:
+    """Create ``path`` (mode 700) or check an existing one is ours alone; exit 3 if not.
+
+    An existing directory is never chmod-ed (temp_path might be a shared one such as
+    /tmp), and one that is a symlink, someone else's, or open to group or others is
+    refused: the .torrent and payload put there must not be readable by other users.
+    """
+    q = sh(path)
+    problem = sh(
+        f"{path} must be a directory owned by the deploy user with mode 700 "
+        "(not a symlink, no group or other access)"
+    )
+    return (
+        f"mkdir -p -m 700 -- {q} && [ ! -L {q} ] && [ -O {q} ] && "
+        f"case $(ls -ld -- {q}) in d???------*) ;; *) false;; esac "
+        f"|| {{ printf '%s\\n' {problem} >&2; exit 3; }}"
+    )
+
+
+def stats_path(announce: str) -> str:
+    """The tracker's ``/stats.json`` as this torrent's holder may see it (with its token)."""
+    try:
+        token = announce_auth(announce)
+    except MurderError:
+        token = None
+    if token is None:
+        return "/stats.json"
+    return "/stats.json?auth=" + quote(token, safe="")
 
 
 def local_torrent_path(settings: Settings) -> Path:
@@ -52,7 +90,7 @@ def stage_local(conns: Connections, settings: Settings, local_path: str) -> bool
     Returns whether the payload is a plain file (``path_is_file``)."""
     source = Path(local_path)
     host = conns.inventory.seeder.name
-    conns.run(host, f"mkdir -p -m 700 {sh(settings.temp_path)}")
+    conns.run(host, private_dir_script(settings.temp_path))
     if source.is_dir():
         with tempfile.TemporaryDirectory(prefix="murder-stage-") as tmp:
             tarball = Path(tmp) / "payload.tgz"
@@ -67,7 +105,7 @@ def stage_local(conns: Connections, settings: Settings, local_path: str) -> bool
 
 def payload_script(settings: Settings, files_path: str, path_is_file: bool) -> str:
     temp, payload = settings.temp_path, settings.payload
-    head = f"mkdir -p -m 700 {sh(temp)} && "
+    head = f"umask 077 && {{ {private_dir_script(temp)}; }} && "
     if path_is_file:
         return head + f"cp -- {sh(files_path)} {sh(payload)}"
     return head + (
@@ -89,11 +127,13 @@ def make_payload(conns: Connections, settings: Settings) -> None:
 
 
 def make_torrent(conns: Connections, settings: Settings) -> str:
-    """Hash the payload on the seeder into ``TAG.tgz.torrent``; returns the info_hash."""
+    """Hash the payload on the seeder into ``TAG.tgz.torrent``; returns the info_hash.
+
+    ``--auth`` puts a fresh token in the announce URL: every deploy has its own secret.
+    """
     host = conns.inventory.seeder.name
     tracker = tracker_address(conns.ip_of(conns.inventory.tracker.name), settings.tracker_port)
-    argv = [settings.python, settings.pyz_remote, "make-torrent", settings.payload]
-    argv += ["--tracker", tracker, "-o", settings.torrent]
+    argv = make_torrent_argv(settings, tracker)
     result = conns.run(host, f"umask 077 && {sh(*argv)}")
     info_hash = str(result.stdout).strip().splitlines()[-1:] or [""]
     if not _HEX40.match(info_hash[0]):
@@ -103,11 +143,36 @@ def make_torrent(conns: Connections, settings: Settings) -> str:
     return info_hash[0]
 
 
+def make_torrent_argv(settings: Settings, tracker: str) -> list[str]:
+    return [
+        *(settings.python, settings.pyz_remote, "make-torrent", settings.payload),
+        *("--tracker", tracker, "--auth", "--mode", "600", "-o", settings.torrent),
+    ]
+
+
+def open_private(path: Path) -> None:
+    """Create (or truncate) ``path`` as an empty file of mode 0600, never via a symlink.
+
+    The download then writes into it and keeps that mode: a fresh file would be
+    created with the umask's mode and be readable by others until a chmod.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise DeployError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def download_torrent(conns: Connections, settings: Settings) -> Path:
     """Fetch the .torrent from the seeder into ``local_torrent_dir`` (mode 0600)."""
     local = local_torrent_path(settings)
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = local.with_name(local.name + ".part")
+    open_private(partial)
     conns.get(conns.inventory.seeder.name, settings.torrent, str(partial))
     partial.chmod(0o600)
     partial.replace(local)
@@ -117,7 +182,7 @@ def download_torrent(conns: Connections, settings: Settings) -> Path:
 def publish_torrent(conns: Connections, settings: Settings, local: Path) -> None:
     """Copy the .torrent into the tracker's allowed dir: the only torrent it serves."""
     host = conns.inventory.tracker.name
-    conns.run(host, f"mkdir -p -m 700 {sh(settings.allowed_dir)}")
+    conns.run(host, private_dir_script(settings.allowed_dir))
     conns.put(host, str(local), settings.tracker_torrent)
 
 

@@ -21,6 +21,9 @@ from typing import Any, Dict, Iterator, List
 import pytest
 from conftest import need, need_program, need_root
 
+from fabfile.torrent import stats_path
+from murder_core.metainfo import read_metainfo
+
 pytestmark = pytest.mark.root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +115,7 @@ class Env:
     def current(self, host: str, dest: str = "/srv/murder/app") -> str:
         return self.sh(host, f"readlink {dest}/current || true").strip()
 
-    def stats_over_ssh(self) -> bytes:
+    def stats_over_ssh(self, path: str = "/stats.json") -> bytes:
         from fabfile.deploy import make_config
         from fabfile.inventory import load_inventory
         from fabfile.progress import fetch_over_ssh
@@ -120,7 +123,8 @@ class Env:
 
         conns = Connections(load_inventory(self.info.inventory), make_config(self.info.ssh_config))
         try:
-            return fetch_over_ssh(conns.connection("h1").transport, "198.18.0.11", 8998)
+            transport = conns.connection("h1").transport
+            return fetch_over_ssh(transport, "198.18.0.11", 8998, path=path)
         finally:
             conns.close()
 
@@ -321,7 +325,11 @@ def test_murder_tasks_in_manual_order(env: Env) -> None:
     ok("murder.start_seeding", "--tag", "m1")
     assert sorted(" seed " in c for c in env.murder_processes()["h1"]) == [False, True]
     # The progress bar's path to /stats.json: a direct-tcpip channel over h1's SSH link.
-    stats = json.loads(env.stats_over_ssh())
+    # The deploy's torrent shows only with the token from its .torrent.
+    assert info_hash not in json.loads(env.stats_over_ssh())["torrents"]
+    path = stats_path(read_metainfo(local).announce)
+    assert path.startswith("/stats.json?auth=")
+    stats = json.loads(env.stats_over_ssh(path))
     seeders = [p for p in stats["torrents"][info_hash]["peers"] if p["seeder"]]
     assert [p["ip"] for p in seeders] == ["198.18.0.11"]
 

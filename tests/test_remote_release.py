@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
+from conftest import need, need_root
 
 from fabfile import remote_release as rr
 from fabfile.release import helper_source
@@ -119,16 +120,17 @@ def test_extract_a_plain_file(tmp_path: Path) -> None:
 
 HOSTILE_TARS = {
     "dotdot": ({"../escape": b"x"}, {}, tarfile.SYMTYPE),
+    "dotdot-inside-name": ({"a/../../escape": b"x"}, {}, tarfile.SYMTYPE),
     "absolute": ({"/etc/evil": b"x"}, {}, tarfile.SYMTYPE),
     "abs-symlink": ({}, {"link": "/etc/passwd"}, tarfile.SYMTYPE),
     "rel-symlink-out": ({}, {"link": "../../outside"}, tarfile.SYMTYPE),
     "hardlink-out": ({}, {"hard": "/etc/passwd"}, tarfile.LNKTYPE),
-    "device": ({}, {"dev": ""}, tarfile.CHRTYPE),
+    "rel-hardlink-out": ({}, {"hard": "../../outside"}, tarfile.LNKTYPE),
+    "char-device": ({}, {"dev": ""}, tarfile.CHRTYPE),
+    "block-device": ({}, {"disk": ""}, tarfile.BLKTYPE),
+    "fifo": ({}, {"pipe": ""}, tarfile.FIFOTYPE),
 }
-# The data filter strips a leading "/" instead of refusing (tested separately below).
-HOSTILE_CASES = [(name, False) for name in HOSTILE_TARS] + [
-    (name, True) for name in HOSTILE_TARS if name != "absolute"
-]
+HOSTILE_CASES = [(name, use_filter) for name in HOSTILE_TARS for use_filter in (False, True)]
 
 
 @pytest.mark.parametrize(("case", "use_filter"), HOSTILE_CASES)
@@ -146,13 +148,53 @@ def test_hostile_tarballs_are_refused_before_anything_lands(
     assert str(info.value).startswith("unsafe archive member")
     assert os.listdir(dest.parent) == []
     assert not (tmp_path / "escape").exists()
+    # Screened before extraction starts: not even the harmless member before it is written
+    # (extract_tar alone leaves behind whatever it wrote; extract would clean it up).
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(rr.ReleaseError):
+        rr.extract_tar(str(tgz), str(work), use_filter=use_filter)
+    assert os.listdir(work) == []
 
 
-def test_data_filter_keeps_absolute_names_inside(tmp_path: Path) -> None:
+def test_absolute_members_are_refused_by_name(tmp_path: Path) -> None:
+    """The data filter would strip the leading '/'; murder refuses such an archive outright."""
     tgz = tmp_path / "abs.tgz"
-    _tar(tgz, {"/etc/evil": b"x"})
-    rr.extract(str(tgz), str(tmp_path / "r"), "tar", "", False)
-    assert (tmp_path / "r" / "etc" / "evil").read_bytes() == b"x"
+    _tar(tgz, {"ok": b"x", "/etc/evil": b"x"})
+    out = helper("extract", str(tgz), str(tmp_path / "r"), "tar", "", "0")
+    assert (out.returncode, out.stderr.strip()) == (
+        rr.EXIT_UNSAFE,
+        "murder-release: error: unsafe archive member '/etc/evil': absolute path",
+    )
+    assert sorted(os.listdir(tmp_path)) == ["abs.tgz"]
+
+
+def test_a_symlink_made_by_the_archive_cannot_be_written_through(tmp_path: Path) -> None:
+    """``sub -> .`` is harmless alone; ``sub/up -> ..`` through it would leave the release."""
+    tgz = tmp_path / "chain.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        for name, target in (("sub", "."), ("sub/up", "..")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+        info = tarfile.TarInfo("sub/up/escape")
+        tar.addfile(info, BytesIO(b""))
+    dest = tmp_path / "d" / "v1"
+    dest.parent.mkdir()
+    with pytest.raises(rr.ReleaseError) as caught:
+        rr.extract(str(tgz), str(dest), "tar", "", False)
+    assert caught.value.code == rr.EXIT_UNSAFE
+    assert os.listdir(dest.parent) == []
+    assert not (tmp_path / "d" / "escape").exists() and not (tmp_path / "escape").exists()
+
+
+def test_links_that_stay_inside_are_kept(tmp_path: Path) -> None:
+    tgz = tmp_path / "links.tgz"
+    _tar(tgz, {"bin/app": b"run"}, {"current-app": "bin/app"})
+    dest = tmp_path / "r"
+    rr.extract(str(tgz), str(dest), "tar", "", False)
+    assert os.readlink(dest / "current-app") == "bin/app"
+    assert (dest / "current-app").read_bytes() == b"run"
 
 
 def test_switch_refuses_a_real_current_directory(tmp_path: Path) -> None:
@@ -171,3 +213,40 @@ def test_helper_usage_errors() -> None:
     assert helper("switch", "/nonexistent-murder", "v1").stderr.strip() == (
         "murder-release: error: no release 'v1' in /nonexistent-murder/releases"
     )
+
+
+@pytest.mark.root
+def test_a_release_too_big_for_the_disk_is_refused_before_writing(tmp_path: Path) -> None:
+    need_root()
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    need(mounted.returncode == 0, f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        big = os.urandom(1536 * 1024)
+        _tar(tmp_path / "big.tgz", {"app.bin": big, "conf/a.ini": b"x"})
+        (tmp_path / "big.bin").write_bytes(big)
+        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+        needed = len(big) + 1 + 2 * rr.MEMBER_OVERHEAD
+        for src, kind, need_bytes in (
+            ("big.tgz", "tar", needed),
+            ("big.bin", "file", len(big) + rr.MEMBER_OVERHEAD),
+        ):
+            out = helper("extract", str(tmp_path / src), str(mnt / "r1"), kind, "big.bin", "0")
+            assert out.returncode == rr.EXIT_NO_SPACE, out
+            assert out.stderr.strip().endswith(
+                f"not enough disk space for {mnt}/r1: need {need_bytes} bytes, "
+                f"{free} bytes free in {mnt}"
+            ), out.stderr
+            assert list(mnt.iterdir()) == []  # not even the hidden work directory
+        _tar(tmp_path / "small.tgz", {"app.bin": b"small"})
+        ok = helper("extract", str(tmp_path / "small.tgz"), str(mnt / "r1"), "tar", "-", "0")
+        assert ok.returncode == 0, ok.stderr
+        assert (mnt / "r1" / "app.bin").read_bytes() == b"small"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
