@@ -69,3 +69,45 @@ def test_removed_peer_gets_nothing_and_its_pieces_come_round_again() -> None:
 def test_empty_torrent_is_refused() -> None:
     with pytest.raises(ValueError, match="num_pieces must be positive, got 0"):
         SuperSeeder(0, 1024)
+
+
+def test_a_wrapped_rotation_offers_nothing_twice_until_every_piece_was_seen() -> None:
+    # Peers finish one offered piece per step, in random order: the rotation wraps while
+    # most of the last pass is still in flight.
+    rng = random.Random(11)
+    ss = SuperSeeder(32, 4 * 1024 * 1024, rng=random.Random(2))  # two pieces per offer
+    haves: dict[str, set[int]] = {f"p{i}": set() for i in range(4)}
+    offers: Counter[int] = Counter()
+    for name, have in haves.items():
+        offers.update(ss.add_peer(name, _peer_has(have)))
+    steps = 0
+    while not ss.all_seen:
+        steps += 1
+        assert steps < 1000, "the swarm stopped making progress"
+        assert max(offers.values()) == 1, offers.most_common(3)
+        for name, have in haves.items():
+            pending = sorted(ss.offered(name))
+            if pending:
+                have.add(rng.choice(pending))
+            offers.update(ss.refresh(name))
+    assert ss.first_round_done and sorted(offers) == list(range(32))
+    # Once every piece was seen, a peer still missing pieces is offered them again.
+    lagging = min(haves, key=lambda n: len(haves[n]))
+    again = ss.refresh(lagging)
+    assert again and not set(again) & haves[lagging]
+
+
+def test_pieces_of_a_peer_that_left_are_offered_again_before_all_are_seen() -> None:
+    ss = SuperSeeder(6, 4 * 1024 * 1024, rng=random.Random(4))
+    gone = ss.add_peer("gone", _peer_has(set()))
+    have: set[int] = set()
+    got = ss.add_peer("q", _peer_has(have))
+    have.update(got)
+    got += ss.refresh("q")  # the rotation wraps here: everything was offered once
+    assert ss.first_round_done and not ss.all_seen
+    ss.remove_peer("gone")
+    have.update(got)
+    again = ss.refresh("q")
+    assert sorted(again) == sorted(gone)
+    have.update(again)
+    assert ss.refresh("q") == [] and ss.all_seen
