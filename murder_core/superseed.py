@@ -8,12 +8,6 @@ more as it reports the ones it got. Peers then fetch the rest from each other. U
 BEP 16 we do not wait to see a piece re-shared before offering the next one: the
 fleet is trusted, and waiting would idle the uplink.
 
-The rotation wraps long before every piece has arrived somewhere: the last pass's
-pieces are still in flight. Until a Have has come back for every piece, a wrapped
-rotation offers only pieces nobody holds and nobody is being offered (those of a peer
-that left); offering any other would spend the uplink on a second copy while some
-piece has not left the seeder once.
-
 Pure bookkeeping: no sockets, no clock.
 """
 
@@ -43,43 +37,11 @@ class SuperSeeder:
         self._offered: dict[Hashable, set[int]] = {}
         self._has: dict[Hashable, Callable[[int], bool]] = {}
         self.offers = [0] * num_pieces
-        self._in_offer = [0] * num_pieces  # peers each piece is offered to right now
-        self._seen = bytearray(num_pieces)  # 1 once some peer reported having it
-        self._seen_count = 0
-        # Pieces neither seen nor offered to anyone: all a wrapped rotation may offer
-        # before every piece is seen. Kept as a count so a refresh with nothing to
-        # offer costs nothing.
-        self._free = num_pieces
 
     @property
     def first_round_done(self) -> bool:
         """True once every piece has been offered at least once."""
         return self._rounds > 0
-
-    @property
-    def all_seen(self) -> bool:
-        """True once some peer has reported having each piece: all left us once."""
-        return self._seen_count == self.num_pieces
-
-    def _offer(self, offered: set[int], index: int) -> None:
-        offered.add(index)
-        self.offers[index] += 1
-        if self._in_offer[index] == 0 and not self._seen[index]:
-            self._free -= 1
-        self._in_offer[index] += 1
-
-    def _withdraw(self, index: int) -> None:
-        self._in_offer[index] -= 1
-        if self._in_offer[index] == 0 and not self._seen[index]:
-            self._free += 1
-
-    def _mark_seen(self, index: int) -> None:
-        if self._seen[index]:
-            return
-        self._seen[index] = 1
-        self._seen_count += 1
-        if self._in_offer[index] == 0:
-            self._free -= 1
 
     def add_peer(self, peer: Hashable, has: Callable[[int], bool]) -> list[int]:
         self._offered[peer] = set()
@@ -87,8 +49,7 @@ class SuperSeeder:
         return self.refresh(peer)
 
     def remove_peer(self, peer: Hashable) -> None:
-        for index in self._offered.pop(peer, ()):
-            self._withdraw(index)
+        self._offered.pop(peer, None)
         self._has.pop(peer, None)
 
     def offered(self, peer: Hashable) -> frozenset[int]:
@@ -100,29 +61,19 @@ class SuperSeeder:
         if offered is None:
             return []
         has = self._has[peer]
-        for index in [i for i in offered if has(i)]:
-            offered.discard(index)
-            self._mark_seen(index)
-            self._withdraw(index)
+        offered.difference_update([i for i in offered if has(i)])
         new: list[int] = []
         tried = 0
         while len(offered) < self.per_peer and tried < self.num_pieces:
-            holding_back = self._rounds > 0 and not self.all_seen
-            if holding_back and self._free == 0:
-                break
             index = self._order[self._cursor]
             self._cursor += 1
             if self._cursor == self.num_pieces:
                 self._cursor = 0
                 self._rounds += 1
             tried += 1
-            if has(index):
-                self._mark_seen(index)
+            if has(index) or index in offered:
                 continue
-            if index in offered:
-                continue
-            if holding_back and (self._seen[index] or self._in_offer[index]):
-                continue
-            self._offer(offered, index)
+            offered.add(index)
+            self.offers[index] += 1
             new.append(index)
         return new
