@@ -96,6 +96,7 @@ def run_deploy(
     except BaseException:
         conns.close()
         raise
+    _mark(report, started, "preflight")
     if live is None:
         conns.close()
         report.seconds = time.monotonic() - started
@@ -104,7 +105,7 @@ def run_deploy(
         return report
     progress: list[SwarmProgress] = []
     try:
-        _deploy(conns, settings, report, live, progress, out)
+        _deploy(conns, settings, report, live, progress, out, started)
     except MurderError as exc:
         report.error = str(exc)
         report.fail_pending(str(exc))
@@ -120,12 +121,17 @@ def run_deploy(
         for bar in progress:
             bar.stop()
         report.teardown_problems = teardown(conns, settings, peers)
+        _mark(report, started, "teardown")
         conns.close()
         report.ssh_connections = conns.opens
         report.seconds = time.monotonic() - started
         if settings.json:
             report.write_json(settings.json)
     return report
+
+
+def _mark(report: DeployReport, started: float, stage: str) -> None:
+    report.stages[stage] = round(time.monotonic() - started, 3)
 
 
 def _preflight(conns: Connections, settings: Settings, report: DeployReport) -> Optional[list[str]]:
@@ -171,6 +177,7 @@ def _deploy(
     live: list[str],
     progress: list[SwarmProgress],
     out: TextIO,
+    started: float,
 ) -> None:
     inv = conns.inventory
     everyone = [h.name for h in inv.all_hosts]
@@ -189,13 +196,16 @@ def _deploy(
         settings,
         [h for h in everyone if h in live or h in (inv.tracker.name, inv.seeder.name)],
         clear=False,
+        python_checked=True,  # by _preflight
     )
     for role, host in (("tracker", inv.tracker.name), ("seeder", inv.seeder.name)):
         if not installed[host].ok:
             raise DeployError(f"{role} {host}: {installed[host].error}")
     drop_failed({h: o for h, o in installed.items() if h in live})
+    _mark(report, started, "install")
 
     tracker = start_tracker(conns, settings)
+    _mark(report, started, "tracker")
     print(f"tracker on {inv.tracker.name} ({tracker})", file=out)
     if settings.local_path is not None:
         path_is_file = stage_local(conns, settings, settings.local_path)
@@ -203,13 +213,16 @@ def _deploy(
     else:
         make_payload(conns, settings)
         path_is_file, source = settings.path_is_file, settings.files_path
+    _mark(report, started, "payload")
     info_hash = make_torrent(conns, settings)
     local_torrent = download_torrent(conns, settings)
     meta = read_metainfo(local_torrent)
     report.info_hash, report.payload_bytes = info_hash, meta.total_length
     publish_torrent(conns, settings, local_torrent)
     drop_failed(upload_torrents(conns, settings, local_torrent, list(live)))
+    _mark(report, started, "torrent")
     start_seeding(conns, settings)
+    _mark(report, started, "seeding")
     print(f"seeding {meta.total_length / MB:.1f} MB from {inv.seeder.name}", file=out)
 
     peer_ips = {ips[h] for h in live if h != inv.seeder.name}
@@ -241,6 +254,7 @@ def _deploy(
         return seconds
 
     outcomes = conns.map(list(live), deploy_host)
+    _mark(report, started, "hosts")
     bar.stop()
     for name, outcome in outcomes.items():
         row = report.host(name)

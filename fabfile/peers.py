@@ -114,8 +114,10 @@ def download(conns: Connections, settings: Settings, host: str) -> bool:
     return True
 
 
-def stop_peering(conns: Connections, settings: Settings, host: str) -> None:
-    conns.run(host, stop_script([settings.pidfile("peer-fg"), settings.pidfile("peer")]))
+def stop_peering(conns: Connections, settings: Settings, host: str, then: str = "") -> None:
+    """Stop the download and the linger-seeding on ``host``; then run ``then`` there."""
+    pidfiles = [settings.pidfile("peer-fg"), settings.pidfile("peer")]
+    conns.run(host, stop_script(pidfiles, then=then))
 
 
 def stop_all_peering(conns: Connections, settings: Settings, host: str) -> None:

@@ -31,7 +31,7 @@ def payload_name(settings: Settings, source: Optional[str]) -> str:
         name = Path(source.rstrip("/")).name
         if name:
             return name
-    return f"{settings.require_tag()}.tgz"
+    return settings.payload_name
 
 
 def extract_on(
@@ -57,18 +57,10 @@ def install_release(
     conns: Connections, host: str, settings: Settings, *, path_is_file: bool, file_name: str
 ) -> None:
     """releases/TAG, then the atomic switch of ``current``, then prune to keep_releases."""
-    extract_on(
-        conns,
-        host,
-        settings,
-        settings.release_dir,
-        path_is_file=path_is_file,
-        file_name=file_name,
-        replace=settings.force,
-    )
-    dest = settings.destination_path
-    conns.run(host, helper_command(settings, "switch", dest, settings.require_tag()))
-    conns.run(host, helper_command(settings, "prune", dest, str(settings.keep_releases)))
+    kind = "file" if path_is_file else "tar"
+    args = [settings.payload, settings.destination_path, settings.require_tag(), kind, file_name]
+    args += ["1" if settings.force else "0", str(settings.keep_releases)]
+    conns.run(host, helper_command(settings, "install", *args))
 
 
 def existing_release(conns: Connections, host: str, settings: Settings) -> bool:

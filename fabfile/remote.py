@@ -371,14 +371,15 @@ murder_stop() {
 """
 
 
-def stop_script(pidfiles: Sequence[str], globs: Sequence[str] = ()) -> str:
+def stop_script(pidfiles: Sequence[str], globs: Sequence[str] = (), then: str = "") -> str:
     """Stop each process named by a pidfile (``globs`` are left unquoted on purpose:
-    they are built from validated paths plus a literal ``*``)."""
+    they are built from validated paths plus a literal ``*``), then run ``then``, whose
+    status is the script's: one round trip where a host needs both."""
     lines = [STOP_FUNCTION]
     lines.extend(f"murder_stop {shlex.quote(p)}" for p in pidfiles)
     for pattern in globs:
         lines.append(f'for f in {pattern}; do murder_stop "$f"; done')
-    lines.append("exit 0")
+    lines.append(then or "exit 0")
     return "\n".join(lines)
 
 

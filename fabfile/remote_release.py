@@ -11,6 +11,9 @@ rollback without a separate state file.
 
 Commands:
   extract SRC TARGET KIND NAME REPLACE   KIND tar|file; REPLACE 1 replaces a non-empty TARGET
+  install SRC DEST TAG KIND NAME REPLACE KEEP
+                                         extract into DEST/releases/TAG, switch, prune: one
+                                         process per host instead of three
   switch DEST TAG                        point DEST/current at releases/TAG atomically
   prune DEST KEEP                        keep the newest KEEP releases (and the current one)
   rollback DEST [TAG]                    point current at the release before it (or at TAG)
@@ -282,10 +285,15 @@ def rollback(dest: str, tag: str = "") -> str:
 def main(argv: Sequence[str]) -> int:
     try:
         if not argv:
-            raise ReleaseError("usage: extract|switch|prune|rollback|exists|current ...", 2)
+            raise ReleaseError("usage: extract|install|switch|prune|rollback|exists|current ...", 2)
         cmd, args = argv[0], list(argv[1:])
         if cmd == "extract" and len(args) == 5:
             extract(args[0], args[1], args[2], args[3], args[4] == "1")
+        elif cmd == "install" and len(args) == 7:
+            src, dest, tag, kind, name, replace, keep = args
+            extract(src, os.path.join(_releases_dir(dest), tag), kind, name, replace == "1")
+            switch(dest, tag)
+            print(" ".join(prune(dest, int(keep))))
         elif cmd == "switch" and len(args) == 2:
             switch(args[0], args[1])
         elif cmd == "prune" and len(args) == 2:

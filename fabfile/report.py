@@ -38,6 +38,8 @@ class DeployReport:
     error: Optional[str] = None
     teardown_problems: List[str] = field(default_factory=list)
     ssh_connections: int = 0
+    #: Seconds from the start of the deploy to the end of each stage reached, in order.
+    stages: Dict[str, float] = field(default_factory=dict)
 
     def host(self, name: str) -> HostReport:
         for row in self.hosts:

@@ -54,8 +54,16 @@ def teardown(conns: Connections, settings: Settings, peers: Sequence[str]) -> Li
             problems.append(f"{host}: {step}: {exc.reason}")
 
     # Peers first, tracker last: everyone can still announce "stopped" on the way out.
+    # A plain peer host is stopped and cleaned in one round trip; the tracker's and the
+    # seeder's hosts are cleaned once their services are down too.
+    infra = {inv.tracker.name, inv.seeder.name}
     targets = [h for h in peers if h in reached]
-    outcomes = conns.map(targets, lambda h: stop_peering(conns, settings, h), skip_failed=False)
+    clean = clean_script(settings)
+
+    def stop_peer(host: str) -> None:
+        stop_peering(conns, settings, host, then="" if host in infra else clean)
+
+    outcomes = conns.map(targets, stop_peer, skip_failed=False)
     problems.extend(f"{o.host}: stop_peering: {o.error}" for o in outcomes.values() if not o.ok)
     # A host SSH cannot reach now will not answer the next step either: skip it rather
     # than wait out another timeout on it.
@@ -63,7 +71,8 @@ def teardown(conns: Connections, settings: Settings, peers: Sequence[str]) -> Li
     reached -= gone
     attempt(inv.seeder.name, "stop_seeding", lambda: stop_seeding(conns, settings))
     attempt(inv.tracker.name, "stop_tracker", lambda: stop_tracker(conns, settings))
-    everyone = [h.name for h in inv.all_hosts if h.name in reached]
+    cleaned = {h for h, o in outcomes.items() if o.ok and h not in infra}
+    everyone = [h.name for h in inv.all_hosts if h.name in reached and h.name not in cleaned]
     outcomes = conns.map(
         everyone, lambda h: clean_temp_files(conns, settings, h), skip_failed=False
     )

@@ -61,7 +61,7 @@ def stats_path(announce: str) -> str:
 
 
 def local_torrent_path(settings: Settings) -> Path:
-    return Path(settings.local_torrent_dir) / f"{settings.require_tag()}.tgz.torrent"
+    return Path(settings.local_torrent_dir) / f"{settings.payload_name}.torrent"
 
 
 def _excluded(name: str) -> bool:
@@ -69,8 +69,8 @@ def _excluded(name: str) -> bool:
     return any(part.startswith(".git") for part in Path(name).parts)
 
 
-def tar_local_dir(source: Path, out: Path) -> None:
-    """Tar+gzip ``source``'s contents (not the directory itself), skipping ``.git*``."""
+def tar_local_dir(source: Path, out: Path, compress: bool = True) -> None:
+    """Tar (and gzip) ``source``'s contents (not the directory itself), skipping ``.git*``."""
 
     def keep(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
         if _excluded(info.name):
@@ -79,7 +79,7 @@ def tar_local_dir(source: Path, out: Path) -> None:
         info.uname = info.gname = ""
         return info
 
-    with tarfile.open(out, "w:gz") as tar:
+    with tarfile.open(out, "w:gz" if compress else "w") as tar:
         for entry in sorted(os.listdir(source)):
             tar.add(str(source / entry), arcname=entry, filter=keep)
 
@@ -93,8 +93,8 @@ def stage_local(conns: Connections, settings: Settings, local_path: str) -> bool
     conns.run(host, private_dir_script(settings.temp_path))
     if source.is_dir():
         with tempfile.TemporaryDirectory(prefix="murder-stage-") as tmp:
-            tarball = Path(tmp) / "payload.tgz"
-            tar_local_dir(source, tarball)
+            tarball = Path(tmp) / settings.payload_name
+            tar_local_dir(source, tarball, settings.compress)
             conns.put(host, str(tarball), settings.payload)
         return False
     if source.is_file():
@@ -111,7 +111,8 @@ def payload_script(settings: Settings, files_path: str, path_is_file: bool) -> s
     return head + (
         f"test -d {sh(files_path)} || {{ echo {sh(f'{files_path} is not a directory')} >&2; "
         "exit 3; }; "
-        f"tar -c -z -C {sh(files_path + '/')} --exclude '.git*' -f {sh(payload)} ."
+        f"tar -c{' -z' if settings.compress else ''} -C {sh(files_path + '/')} "
+        f"--exclude '.git*' -f {sh(payload)} ."
     )
 
 

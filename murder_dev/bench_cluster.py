@@ -215,6 +215,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--prefix", default="mbn", help="namespace/link name prefix")
     p.add_argument("--subnet", type=int, default=40, help="hosts get 198.18.SUBNET.x")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--fab-gzip",
+        action="store_true",
+        help="fab deploy with compress on (its default); off here since the payload is random",
+    )
     args = p.parse_args(argv)
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
@@ -253,7 +258,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     runs: list[MethodRun] = []
     print(
-        f"bench: {max(counts) + 1} hosts at {args.rate}, {args.size_mb} MiB, N in {counts}",
+        f"bench: {max(counts) + 1} hosts at {args.rate}, {args.size_mb} MiB, N in {counts}; "
+        f"fab deploy with compress={'on' if args.fab_gzip else 'off'}",
         flush=True,
     )
     info = cluster.up(max(counts) + 1, args.rate, workdir, prefix=args.prefix, subnet=args.subnet)
@@ -300,6 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 t_min=bounds[n]["nominal"],
                 link_bytes_per_s=link["wire_bits"] / 8,
                 peers=all_peers[:n],
+                fab_compress=args.fab_gzip,
             )
             for rep in range(args.repeat):
                 for method in methods:

@@ -105,24 +105,27 @@ def aria2c_cmd(*args: str) -> list[str]:
     ]
 
 
+def lt_loopback_settings() -> dict[str, Any]:
+    """libtorrent on 127.0.0.1 over TCP only, with no way to find peers but the tracker."""
+    return {
+        "listen_interfaces": f"127.0.0.1:{free_port()}",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "allow_multiple_connections_per_ip": True,
+    }
+
+
 def lt_child(role: str, torrent: str, directory: str, timeout: float) -> int:
     """A libtorrent session as a process of its own: seed until SIGTERM, or download."""
     import libtorrent as lt
 
     settings = lt.high_performance_seed() if role == "seed" else lt.default_settings()
-    settings.update(
-        {
-            "listen_interfaces": f"127.0.0.1:{free_port()}",
-            "enable_dht": False,
-            "enable_lsd": False,
-            "enable_upnp": False,
-            "enable_natpmp": False,
-            "enable_outgoing_utp": False,
-            "enable_incoming_utp": False,
-            "allow_multiple_connections_per_ip": True,
-            "alert_mask": lt.alert.category_t.status_notification,
-        }
-    )
+    settings.update(lt_loopback_settings())
+    settings["alert_mask"] = lt.alert.category_t.status_notification
     session = lt.session(settings)
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(torrent)

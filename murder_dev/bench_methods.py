@@ -74,6 +74,7 @@ class Round:
     sha256: str
     t_min: float
     link_bytes_per_s: float  # what a saturated link carries, as its counters see it
+    fab_compress: bool = False  # the payload is random bytes: gzip would only cost time
     seeder: str = "h1"
     peers: list[str] = field(default_factory=list)
 
@@ -396,7 +397,7 @@ def _fab(r: Round, run: MethodRun, procs: Procs) -> None:
     tag = f"bench-n{r.n}-r{run.rep}-{int(time.time())}"
     timeout = r.timeout("fab")
     settings = settings_from_config(
-        {},
+        {"compress": r.fab_compress},  # a False flag would mean "not given"
         tag=tag,
         files_path=RELEASE_DIR,
         inventory=str(r.inventory),
@@ -444,6 +445,8 @@ def _fab(r: Round, run: MethodRun, procs: Procs) -> None:
         first_download_done=min(downloads.values()) if downloads else None,
         last_download_done=max(downloads.values()) if downloads else None,
         ssh_connections=report.ssh_connections,
+        deploy_stages=report.stages,
+        compress=r.fab_compress,
     )
     run.metrics["stages"] = out.stages
     if not report.ok:

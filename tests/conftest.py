@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck
@@ -36,6 +39,25 @@ def need_program(name: str) -> str:
     need(path is not None, f"needs {name!r} on PATH (Debian package); ./run installs it as root")
     assert path is not None
     return path
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for one test (needs root), unmounted whatever happens."""
+    need_root()
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    need(mounted.returncode == 0, f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -16,10 +16,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Iterator
 
 import pytest
-from conftest import need, need_program, need_root
+from clusterhosts import HostView, local_tree, need_cluster_tools
 
 from fabfile.torrent import stats_path
 from murder_core.metainfo import read_metainfo
@@ -31,26 +31,6 @@ HOSTS = 7  # h1 = tracker + seeder, h2..h7 = six peers
 PEERS = [f"h{i}" for i in range(2, HOSTS + 1)]
 PREFIX = "mfab"
 SUBNET_WAIT_SECONDS = 300
-
-_TREE_SHA = r"""
-import hashlib, json, os, sys
-root = sys.argv[1]
-out = {}
-for d, _, files in os.walk(root):
-    for f in files:
-        p = os.path.join(d, f)
-        with open(p, "rb") as fh:
-            out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-print(json.dumps(out))
-"""
-
-
-def _need_cluster_tools() -> None:
-    need(sys.platform.startswith("linux"), "network namespaces exist only on Linux")
-    need_root()
-    for tool in ("ip", "tc", "unshare", "nsenter", "ssh-keygen"):
-        need_program(tool)
-    need(Path("/usr/sbin/sshd").exists(), "needs /usr/sbin/sshd (Debian package openssh-server)")
 
 
 def _wait_for_free_subnet() -> None:
@@ -64,7 +44,7 @@ def _wait_for_free_subnet() -> None:
     pytest.fail(f"198.18.0.0/24 still in use after {SUBNET_WAIT_SECONDS}s by another cluster")
 
 
-class Env:
+class Env(HostView):
     """The cluster plus what `fab` needs to drive it."""
 
     def __init__(self, info: Any, work: Path, pyz: Path) -> None:
@@ -89,32 +69,6 @@ class Env:
             argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
         )
 
-    def sh(self, host: str, script: str) -> str:
-        from murder_dev import cluster
-
-        out = cluster.run_on(
-            self.info, host, ["sh", "-c", script], capture_output=True, text=True, timeout=60
-        )
-        assert out.returncode == 0, f"{host}: {script!r}: {out.stderr}"
-        return str(out.stdout)
-
-    def tree(self, host: str, path: str) -> Dict[str, str]:
-        from murder_dev import cluster
-
-        out = cluster.run_on(
-            self.info,
-            host,
-            ["python3", "-c", _TREE_SHA, path],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stderr
-        return dict(json.loads(out.stdout))
-
-    def current(self, host: str, dest: str = "/srv/murder/app") -> str:
-        return self.sh(host, f"readlink {dest}/current || true").strip()
-
     def stats_over_ssh(self, path: str = "/stats.json") -> bytes:
         from fabfile.deploy import make_config
         from fabfile.inventory import load_inventory
@@ -127,30 +81,6 @@ class Env:
             return fetch_over_ssh(transport, "198.18.0.11", 8998, path=path)
         finally:
             conns.close()
-
-    def murder_processes(self) -> Dict[str, List[str]]:
-        """Every process on any host whose command line names murder.pyz."""
-        from murder_dev import cluster
-
-        found: Dict[str, List[str]] = {}
-        for host in [h.name for h in self.info.hosts]:
-            for pid in cluster.host_pids(self.info, host):
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                except OSError:
-                    continue
-                if b"murder.pyz" in cmd:
-                    found.setdefault(host, []).append(cmd.decode(errors="replace"))
-        return found
-
-
-def local_tree(path: Path) -> Dict[str, str]:
-    out = {}
-    for p in path.rglob("*"):
-        rel = p.relative_to(path)
-        if p.is_file() and not any(part.startswith(".git") for part in rel.parts):
-            out[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def make_release(root: Path, seed: int, size: int = 3_000_000) -> Path:
@@ -169,7 +99,7 @@ def make_release(root: Path, seed: int, size: int = 3_000_000) -> Path:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    _need_cluster_tools()
+    need_cluster_tools()
     from murder_dev import cluster
     from murder_dev.build import build_pyz
 
@@ -210,6 +140,18 @@ def test_full_deploy_to_six_peers(env: Env) -> None:
     assert data["ssh_connections"] == HOSTS  # one per host, reused by every stage
     assert [h["host"] for h in data["hosts"]] == PEERS
     assert all(h["status"] == "ok" and h["mbps"] > 0 for h in data["hosts"])
+    stages = data["stages"]  # where the time went: seconds from the start to each stage's end
+    assert sorted(stages, key=stages.get) == [
+        "preflight",
+        "install",
+        "tracker",
+        "payload",
+        "torrent",
+        "seeding",
+        "hosts",
+        "teardown",
+    ]
+    assert 0 < stages["teardown"] <= data["seconds"]
     assert "hosts 6/6" in out.stderr  # the swarm bar ended on every host done
     for line in out.stdout.splitlines()[1:7]:
         assert line.split()[1] == "ok", out.stdout

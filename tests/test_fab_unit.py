@@ -198,6 +198,29 @@ def test_payload_script_quotes_hostile_paths(tmp_path: Path) -> None:
         assert sorted(tar.getnames()) == [".", "./f.txt"]
 
 
+@pytest.mark.parametrize(
+    ("compress", "name", "magic"), [(True, "v1.tgz", b"\x1f\x8b"), (False, "v1.tar", b".")]
+)
+def test_compress_chooses_gzip_or_a_plain_tar(
+    tmp_path: Path, compress: bool, name: str, magic: bytes
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("x" * 10_000)
+    s = settings_from_config({"compress": compress}, tag="v1", temp_path=str(tmp_path / "t"))
+    assert (s.payload, s.tracker_torrent) == (
+        f"{tmp_path}/t/{name}",
+        f"{tmp_path}/t/torrents/{name}.torrent",
+    )
+    subprocess.run(["sh", "-c", payload_script(s, str(src), False)], check=True)
+    assert Path(s.payload).read_bytes()[: len(magic)] == magic
+    with tarfile.open(s.payload) as tar:  # extraction reads either ("r:*")
+        assert sorted(tar.getnames()) == [".", "./f.txt"]
+    local = tmp_path / name
+    tar_local_dir(src, local, compress)
+    assert local.read_bytes()[:2] == b"\x1f\x8b" if compress else local.stat().st_size > 10_000
+
+
 def test_payload_script_path_is_file(tmp_path: Path) -> None:
     src = tmp_path / "app.bin"
     src.write_bytes(b"\x00payload")

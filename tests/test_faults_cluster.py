@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
 import pytest
-from conftest import need, need_program, need_root
+from clusterhosts import DEST, HostView, local_tree, need_cluster_tools
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -53,22 +53,9 @@ PAYLOAD = 4 * 1024 * 1024
 BOUND = 180.0
 #: How long a test waits for the moment it breaks something.
 MOMENT = 60.0
-DEST = "/srv/murder/app"
 PEER_TIMEOUT = 60
 
 T = TypeVar("T")
-
-_TREE_SHA = r"""
-import hashlib, json, os, sys
-root = sys.argv[1]
-out = {}
-for d, _, files in os.walk(root):
-    for f in files:
-        p = os.path.join(d, f)
-        with open(p, "rb") as fh:
-            out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-print(json.dumps(out))
-"""
 
 
 def _ip(index: int) -> str:
@@ -91,7 +78,7 @@ class Finished:
         return f"exit {self.code} after {self.seconds:.1f}s\n{self.stdout}\n{self.stderr[-3000:]}"
 
 
-class Env:
+class Env(HostView):
     """The cluster, the inventory the deploys use, and ways to look inside the hosts."""
 
     def __init__(self, info: Any, work: Path, pyz: Path) -> None:
@@ -107,32 +94,6 @@ class Env:
         self.torrents = work / "torrents"
 
     # -- looking at a host ---------------------------------------------------------------
-    def sh(self, host: str, script: str) -> str:
-        from murder_dev import cluster
-
-        out = cluster.run_on(
-            self.info, host, ["sh", "-c", script], capture_output=True, text=True, timeout=60
-        )
-        assert out.returncode == 0, f"{host}: {script!r}: {out.stderr}"
-        return str(out.stdout)
-
-    def tree(self, host: str, path: str) -> Dict[str, str]:
-        from murder_dev import cluster
-
-        out = cluster.run_on(
-            self.info,
-            host,
-            ["python3", "-c", _TREE_SHA, path],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stderr
-        return dict(json.loads(out.stdout))
-
-    def current(self, host: str, dest: str = DEST) -> str:
-        return self.sh(host, f"readlink {dest}/current || true").strip()
-
     def releases(self, host: str, dest: str = DEST) -> List[str]:
         """Everything under releases/, hidden work directories included."""
         return sorted(self.sh(host, f"ls -A {dest}/releases 2>/dev/null || true").split())
@@ -140,21 +101,6 @@ class Env:
     def tmp(self, host: str, name: str) -> Path:
         """A file under the host's private /tmp/murder, seen from here."""
         return Path(self.info.hostdir(host)) / "tmp" / "murder" / name
-
-    def murder_processes(self) -> Dict[str, List[str]]:
-        """Every process on any host whose command line names murder.pyz."""
-        from murder_dev import cluster
-
-        found: Dict[str, List[str]] = {}
-        for host in [h.name for h in self.info.hosts]:
-            for pid in cluster.host_pids(self.info, host):
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                except OSError:
-                    continue
-                if b"murder.pyz" in cmd:
-                    found.setdefault(host, []).append(cmd.decode(errors="replace"))
-        return found
 
     def pid_from(self, host: str, pidfile: str, role: str) -> int:
         """The pid in a pidfile under /tmp/murder, checked to be murder's ``role``."""
@@ -246,18 +192,14 @@ class Deploy:
         return Finished(self.proc.returncode, stdout, stderr, seconds, report)
 
     def kill(self) -> None:
+        """Ctrl-C first, so its teardown runs; SIGKILL if that does not end it in time."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def local_tree(path: Path) -> Dict[str, str]:
-    out = {}
-    for p in path.rglob("*"):
-        rel = p.relative_to(path)
-        if p.is_file() and not any(part.startswith(".git") for part in rel.parts):
-            out[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def make_release(root: Path, seed: int, size: int = PAYLOAD) -> Path:
@@ -339,18 +281,10 @@ def check(
     assert done.seconds < BOUND, done
 
 
-def _need_cluster_tools() -> None:
-    need(sys.platform.startswith("linux"), "network namespaces exist only on Linux")
-    need_root()
-    for tool in ("ip", "tc", "unshare", "nsenter", "ssh-keygen", "mount"):
-        need_program(tool)
-    need(Path("/usr/sbin/sshd").exists(), "needs /usr/sbin/sshd (Debian package openssh-server)")
-
-
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     """The cluster with release ``base`` live on every peer."""
-    _need_cluster_tools()
+    need_cluster_tools()
     from murder_dev import cluster
     from murder_dev.build import build_pyz
 
@@ -379,8 +313,9 @@ def net(env: Env) -> Iterator[Callable[[str, str], None]]:
 
 
 @pytest.fixture
-def running() -> Iterator[List[Any]]:
-    """Processes and deploys a test started: killed by pid if the test did not end them."""
+def running(env: Env) -> Iterator[List[Any]]:
+    """Processes and deploys a test started: ended by pid if the test did not end them,
+    and whatever a failed deploy left on the hosts, so one failure does not cascade."""
     started: List[Any] = []
     yield started
     for thing in started:
@@ -389,6 +324,7 @@ def running() -> Iterator[List[Any]]:
         elif thing.poll() is None:
             thing.kill()
             thing.wait()
+    env.kill_leftovers()
 
 
 def test_1_a_peer_serving_corrupt_blocks_is_banned_and_the_rest_complete(

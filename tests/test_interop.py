@@ -18,11 +18,10 @@ from conftest import need, need_program
 
 from murder_core.metainfo import read_metainfo
 from murder_dev import bench_loopback
-from murder_dev.bench_loopback import aria2c_cmd
+from murder_dev.bench_loopback import aria2c_cmd, lt_loopback_settings
 from murder_dev.localswarm import (
     LocalSwarm,
     child_env,
-    free_port,
     make_payload,
     murder_cmd,
     sha256,
@@ -274,18 +273,7 @@ def test_libtorrent_session_downloads_from_our_seeder(tmp_path: Path) -> None:
         sw.make_torrent(piece_size=PIECE)
         sw.start_seeder()
         sw.wait_for_seeders(1, timeout=60)
-        session = lt.session(
-            {
-                "listen_interfaces": f"127.0.0.1:{free_port()}",
-                "enable_dht": False,
-                "enable_lsd": False,
-                "enable_upnp": False,
-                "enable_natpmp": False,
-                "enable_outgoing_utp": False,
-                "enable_incoming_utp": False,
-                "allow_multiple_connections_per_ip": True,
-            }
-        )
+        session = lt.session(lt_loopback_settings())
         params = lt.add_torrent_params()
         params.ti = lt.torrent_info(str(sw.torrent))
         params.save_path = str(out)

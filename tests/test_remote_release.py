@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
-from conftest import need, need_root
 
 from fabfile import remote_release as rr
 from fabfile.release import helper_source
@@ -216,37 +215,46 @@ def test_helper_usage_errors() -> None:
 
 
 @pytest.mark.root
-def test_a_release_too_big_for_the_disk_is_refused_before_writing(tmp_path: Path) -> None:
-    need_root()
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    need(mounted.returncode == 0, f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
-        big = os.urandom(1536 * 1024)
-        _tar(tmp_path / "big.tgz", {"app.bin": big, "conf/a.ini": b"x"})
-        (tmp_path / "big.bin").write_bytes(big)
-        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
-        needed = len(big) + 1 + 2 * rr.MEMBER_OVERHEAD
-        for src, kind, need_bytes in (
-            ("big.tgz", "tar", needed),
-            ("big.bin", "file", len(big) + rr.MEMBER_OVERHEAD),
-        ):
-            out = helper("extract", str(tmp_path / src), str(mnt / "r1"), kind, "big.bin", "0")
-            assert out.returncode == rr.EXIT_NO_SPACE, out
-            assert out.stderr.strip().endswith(
-                f"not enough disk space for {mnt}/r1: need {need_bytes} bytes, "
-                f"{free} bytes free in {mnt}"
-            ), out.stderr
-            assert list(mnt.iterdir()) == []  # not even the hidden work directory
-        _tar(tmp_path / "small.tgz", {"app.bin": b"small"})
-        ok = helper("extract", str(tmp_path / "small.tgz"), str(mnt / "r1"), "tar", "-", "0")
-        assert ok.returncode == 0, ok.stderr
-        assert (mnt / "r1" / "app.bin").read_bytes() == b"small"
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+def test_a_release_too_big_for_the_disk_is_refused_before_writing(
+    tmp_path: Path, small_tmpfs: Path
+) -> None:
+    mnt = small_tmpfs
+    big = os.urandom(1536 * 1024)
+    _tar(tmp_path / "big.tgz", {"app.bin": big, "conf/a.ini": b"x"})
+    (tmp_path / "big.bin").write_bytes(big)
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    needed = len(big) + 1 + 2 * rr.MEMBER_OVERHEAD
+    for src, kind, need_bytes in (
+        ("big.tgz", "tar", needed),
+        ("big.bin", "file", len(big) + rr.MEMBER_OVERHEAD),
+    ):
+        out = helper("extract", str(tmp_path / src), str(mnt / "r1"), kind, "big.bin", "0")
+        assert out.returncode == rr.EXIT_NO_SPACE, out
+        assert out.stderr.strip().endswith(
+            f"not enough disk space for {mnt}/r1: need {need_bytes} bytes, "
+            f"{free} bytes free in {mnt}"
+        ), out.stderr
+        assert list(mnt.iterdir()) == []  # not even the hidden work directory
+    _tar(tmp_path / "small.tgz", {"app.bin": b"small"})
+    ok = helper("extract", str(tmp_path / "small.tgz"), str(mnt / "r1"), "tar", "-", "0")
+    assert ok.returncode == 0, ok.stderr
+    assert (mnt / "r1" / "app.bin").read_bytes() == b"small"
+
+
+def test_install_extracts_switches_and_prunes_in_one_process(tmp_path: Path) -> None:
+    dest = tmp_path / "app"
+    outs = []
+    for i in range(1, 4):
+        tgz = tmp_path / f"v{i}.tgz"
+        _tar(tgz, {"VERSION": f"{i}\n".encode()})
+        out = helper("install", str(tgz), str(dest), f"v{i}", "tar", "", "0", "2")
+        assert out.returncode == 0, out.stderr
+        outs.append(out.stdout.strip())
+    assert outs == ["", "", "v1"]  # what each run pruned
+    assert os.readlink(dest / "current") == "releases/v3"
+    assert (dest / "current" / "VERSION").read_text() == "3\n"
+    assert sorted(os.listdir(dest / "releases")) == ["v2", "v3"]
+    # A refused extraction switches nothing.
+    again = helper("install", str(tmp_path / "v1.tgz"), str(dest), "v3", "tar", "", "0", "2")
+    assert again.returncode == rr.EXIT_REFUSED, again
+    assert os.readlink(dest / "current") == "releases/v3"

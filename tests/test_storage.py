@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import need, need_root
+from conftest import need
 
 from murder_core.errors import StorageError
 from murder_core.metainfo import Metainfo, make_metainfo
@@ -342,32 +342,20 @@ def test_write_error_names_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_disk_too_small_fails_up_front_on_a_small_tmpfs(tmp_path: Path) -> None:
-    need_root()
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        timeout=30,
+def test_disk_too_small_fails_up_front_on_a_small_tmpfs(tmp_path: Path, small_tmpfs: Path) -> None:
+    mnt = small_tmpfs
+    meta, _ = single(tmp_path, size=2 * 1024 * 1024)
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    with pytest.raises(StorageError) as excinfo:
+        Storage.for_download(meta, mnt / "release.tgz")
+    assert str(excinfo.value) == (
+        f"not enough disk space in {mnt}: need {2 * 1024 * 1024} bytes, {free} bytes free"
     )
-    need(mounted.returncode == 0, f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
-        meta, _ = single(tmp_path, size=2 * 1024 * 1024)
-        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
-        with pytest.raises(StorageError) as excinfo:
-            Storage.for_download(meta, mnt / "release.tgz")
-        assert str(excinfo.value) == (
-            f"not enough disk space in {mnt}: need {2 * 1024 * 1024} bytes, {free} bytes free"
-        )
-        assert list(mnt.iterdir()) == []
-        # A payload that fits is preallocated there.
-        small, _ = single(tmp_path, size=4096)
-        with Storage.for_download(small, mnt / "small.tgz") as storage:
-            assert storage.path.stat().st_blocks * 512 >= 4096
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+    assert list(mnt.iterdir()) == []
+    # A payload that fits is preallocated there.
+    small, _ = single(tmp_path, size=4096)
+    with Storage.for_download(small, mnt / "small.tgz") as storage:
+        assert storage.path.stat().st_blocks * 512 >= 4096
 
 
 @pytest.mark.slow

@@ -295,8 +295,7 @@ def test_aria2c_and_libtorrent_keep_the_token(tmp_path: Path) -> None:
     except ImportError as exc:
         need(False, f"needs the libtorrent Python module: {exc}")
         raise
-    from murder_dev.bench_loopback import aria2c_cmd
-    from murder_dev.localswarm import free_port
+    from murder_dev.bench_loopback import aria2c_cmd, lt_loopback_settings
 
     payload = make_payload(tmp_path / "release.bin", 2 * 1024 * 1024 + 3)
     with LocalSwarm(tmp_path / "run", payload) as sw:
@@ -314,18 +313,7 @@ def test_aria2c_and_libtorrent_keep_the_token(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert sha256(out / payload.name) == sha256(payload)
 
-        session = lt.session(
-            {
-                "listen_interfaces": f"127.0.0.1:{free_port()}",
-                "enable_dht": False,
-                "enable_lsd": False,
-                "enable_upnp": False,
-                "enable_natpmp": False,
-                "enable_outgoing_utp": False,
-                "enable_incoming_utp": False,
-                "allow_multiple_connections_per_ip": True,
-            }
-        )
+        session = lt.session(lt_loopback_settings())
         params = lt.add_torrent_params()
         params.ti = lt.torrent_info(str(sw.torrent))
         params.save_path = str(tmp_path / "lt")
