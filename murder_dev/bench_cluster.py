@@ -31,6 +31,7 @@ from murder_dev.bench_methods import (
     ARIA2_DONE,
     LABELS,
     METHODS,
+    SEEDHOOK,
     SOURCE,
     SSH_DIR,
     TORRENT,
@@ -271,6 +272,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         all_peers = [h.name for h in info.hosts[1:]]
         digest = _prepare_seeder(info, pyz, size, all_peers)
         hook = _write_aria2_hook(info.workdir)
+        # A checkout under /tmp is invisible to the hosts, which mount /tmp privately.
+        seedhook = info.workdir / SEEDHOOK.name
+        shutil.copyfile(SEEDHOOK, seedhook)
         link = measure_link(info, all_peers[0], all_peers[1] if len(all_peers) > 1 else "h1")
         fraction = link["goodput_bits"] / rate_bits
         print(
@@ -301,6 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 logs=out / "logs",
                 inventory=inventory,
                 aria2_hook=hook,
+                seedhook=seedhook,
                 payload_bytes=size,
                 sha256=digest,
                 t_min=bounds[n]["nominal"],

@@ -70,6 +70,7 @@ class Round:
     logs: Path
     inventory: Path
     aria2_hook: Path
+    seedhook: Path  # bench_seedhook.py where the hosts see it (not under their private /tmp)
     payload_bytes: int
     sha256: str
     t_min: float
@@ -354,7 +355,7 @@ def _murder(r: Round, run: MethodRun, procs: Procs) -> None:
         r.seeder,
         "seeder",
         [
-            *(HOST_PYTHON, str(SEEDHOOK), str(r.pyz), SEED_EVENTS, "seed", TORRENT, SOURCE),
+            *(HOST_PYTHON, str(r.seedhook), str(r.pyz), SEED_EVENTS, "seed", TORRENT, SOURCE),
             *("--ip", ip, "--bind", ip, "--minport", PORTS[0], "--maxport", PORTS[1], "--quiet"),
         ],
     )
