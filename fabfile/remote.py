@@ -198,6 +198,7 @@ class Connections:
         """
         conn = self.connection(name)
         limit = self.command_timeout if timeout is None else timeout
+        begun = time.monotonic()
         try:
             result = interruptible(
                 lambda: conn.run(
@@ -215,6 +216,9 @@ class Connections:
             raise HostError(name, f"command timed out: {exc}") from exc
         except (SSHException, OSError, EOFError) as exc:
             raise HostError(name, f"ssh: {type(exc).__name__}: {exc}") from exc
+        if result.exited == -1 and time.monotonic() - begun >= limit - 1:
+            # Invoke reports its timeout this way when the channel died before it fired.
+            raise HostError(name, f"command timed out after {limit:g}s")
         if check and result.exited != 0:
             detail = last_line(result.stderr) or last_line(result.stdout)
             raise HostError(name, f"exit {result.exited}: {detail}")

@@ -119,8 +119,8 @@ def lt_loopback_settings() -> dict[str, Any]:
     }
 
 
-def lt_child(role: str, torrent: str, directory: str, timeout: float) -> int:
-    """A libtorrent session as a process of its own: seed until SIGTERM, or download."""
+def _lt_session(role: str, torrent: str, directory: str) -> Any:
+    """A libtorrent session on loopback holding ``torrent``, as a seeder or a downloader."""
     import libtorrent as lt
 
     settings = lt.high_performance_seed() if role == "seed" else lt.default_settings()
@@ -133,15 +133,46 @@ def lt_child(role: str, torrent: str, directory: str, timeout: float) -> int:
     if role == "seed":
         params.flags |= lt.torrent_flags.seed_mode  # trusts the file, as aria2c's seeder does
     session.add_torrent(params)
+    return session
+
+
+def _lt_finished(session: Any, deadline: float, stop: Sequence[int] = ()) -> bool:
+    """Wait on libtorrent's alerts (no polling) until the download is complete and verified."""
+    import libtorrent as lt
+
+    while not stop and time.monotonic() < deadline:
+        session.wait_for_alert(200)
+        if any(isinstance(a, lt.torrent_finished_alert) for a in session.pop_alerts()):
+            return True
+    return False
+
+
+def lt_download(torrent: str, directory: str, timeout: float) -> bool:
+    """Download ``torrent`` into ``directory`` with libtorrent in this process; True if done.
+
+    The session is gone (its files flushed and closed) when this returns.
+    """
+    session = _lt_session("peer", torrent, directory)
+    try:
+        return _lt_finished(session, time.monotonic() + timeout)
+    finally:
+        for handle in session.get_torrents():
+            session.remove_torrent(handle)
+        del session
+
+
+def lt_child(role: str, torrent: str, directory: str, timeout: float) -> int:
+    """A libtorrent session as a process of its own: seed until SIGTERM, or download."""
+    session = _lt_session(role, torrent, directory)
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     deadline = time.monotonic() + timeout
+    if role == "peer":
+        return 0 if _lt_finished(session, deadline, stop) else 1
     while not stop and time.monotonic() < deadline:
         session.wait_for_alert(200)
-        for alert in session.pop_alerts():
-            if role == "peer" and isinstance(alert, lt.torrent_finished_alert):
-                return 0
-    return 0 if role == "seed" else 1
+        session.pop_alerts()
+    return 0
 
 
 def _lt(sw: LocalSwarm, name: str, role: str, directory: Path, timeout: float) -> Popen[bytes]:

@@ -199,14 +199,16 @@ class LocalSwarm:
             ],
         )
 
-    def stats(self) -> dict[str, Any]:
-        """The tracker's ``/stats.json``."""
-        url = f"http://127.0.0.1:{self.tracker_port}/stats.json"
+    def stats(self, path: str = "/stats.json") -> dict[str, Any]:
+        """The tracker's ``/stats.json`` (``path`` adds a deploy's ``?auth=`` token)."""
+        url = f"http://127.0.0.1:{self.tracker_port}{path}"
         with urllib.request.urlopen(url, timeout=5) as resp:
             stats: dict[str, Any] = json.loads(resp.read())
         return stats
 
-    def wait_for_seeders(self, count: int = 1, timeout: float = 60) -> None:
+    def wait_for_seeders(
+        self, count: int = 1, timeout: float = 60, stats_path: str = "/stats.json"
+    ) -> None:
         """Wait until the tracker has heard ``count`` complete peers (ours or anyone's).
 
         A peer started before then could find nobody to download from; raises
@@ -214,7 +216,7 @@ class LocalSwarm:
         """
         deadline = time.monotonic() + timeout
         while True:
-            torrents = self.stats().get("torrents", {}).values()
+            torrents = self.stats(stats_path).get("torrents", {}).values()
             if sum(int(t.get("seeders", 0)) for t in torrents) >= count:
                 return
             if time.monotonic() > deadline:

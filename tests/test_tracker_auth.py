@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +23,7 @@ from urllib.parse import quote_from_bytes
 import pytest
 from conftest import need, need_program
 
+from fabfile.torrent import stats_path
 from murder_core import bencoding
 from murder_core.announce import announce_query, with_auth_token
 from murder_core.errors import MetainfoError
@@ -239,20 +239,6 @@ def auth_swarm(sw: LocalSwarm) -> Metainfo:
     return meta
 
 
-def stats_with_token(sw: LocalSwarm, meta: Metainfo) -> dict[str, Any]:
-    token = meta.announce.split("auth=")[1]
-    url = f"http://127.0.0.1:{sw.tracker_port}/stats.json?auth={token}"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return dict(json.loads(resp.read()))
-
-
-def wait_for_seeder(sw: LocalSwarm, meta: Metainfo) -> None:
-    deadline = time.monotonic() + 60
-    while not stats_with_token(sw, meta)["torrents"].get(meta.info_hash.hex, {}).get("seeders"):
-        assert time.monotonic() < deadline, sw.log("seeder")[-2000:]
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_our_peer_needs_the_token_and_has_it(tmp_path: Path) -> None:
     payload = make_payload(tmp_path / "release.bin", 3 * 1024 * 1024 + 7)
@@ -260,7 +246,7 @@ def test_our_peer_needs_the_token_and_has_it(tmp_path: Path) -> None:
         sw.start_tracker()
         meta = auth_swarm(sw)
         sw.start_seeder()
-        wait_for_seeder(sw, meta)
+        sw.wait_for_seeders(1, stats_path=stats_path(meta.announce))
         assert meta.info_hash.hex not in sw.stats()["torrents"]  # hidden without the token
         # A copy of the .torrent without the token: same info_hash, but refused.
         stripped = tmp_path / "stripped.torrent"
@@ -291,18 +277,18 @@ def test_our_peer_needs_the_token_and_has_it(tmp_path: Path) -> None:
 def test_aria2c_and_libtorrent_keep_the_token(tmp_path: Path) -> None:
     need_program("aria2c")
     try:
-        import libtorrent as lt
+        import libtorrent  # noqa: F401 - here only to skip with a reason when absent
     except ImportError as exc:
         need(False, f"needs the libtorrent Python module: {exc}")
         raise
-    from murder_dev.bench_loopback import aria2c_cmd, lt_loopback_settings
+    from murder_dev.bench_loopback import aria2c_cmd, lt_download
 
     payload = make_payload(tmp_path / "release.bin", 2 * 1024 * 1024 + 3)
     with LocalSwarm(tmp_path / "run", payload) as sw:
         sw.start_tracker()
         meta = auth_swarm(sw)
         sw.start_seeder()
-        wait_for_seeder(sw, meta)
+        sw.wait_for_seeders(1, stats_path=stats_path(meta.announce))
         out = tmp_path / "aria2"
         done = subprocess.run(
             aria2c_cmd("--seed-time=0", "--bt-stop-timeout=60", "-d", str(out), str(sw.torrent)),
@@ -313,17 +299,7 @@ def test_aria2c_and_libtorrent_keep_the_token(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert sha256(out / payload.name) == sha256(payload)
 
-        session = lt.session(lt_loopback_settings())
-        params = lt.add_torrent_params()
-        params.ti = lt.torrent_info(str(sw.torrent))
-        params.save_path = str(tmp_path / "lt")
-        handle = session.add_torrent(params)
-        deadline = time.monotonic() + 120
-        while not handle.status().is_seeding and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert handle.status().is_seeding, sw.log("tracker")[-2000:]
-        session.remove_torrent(handle)
-        del session
+        assert lt_download(str(sw.torrent), str(tmp_path / "lt"), 120), sw.log("tracker")[-2000:]
         tracker_log = (sw.workdir / "tracker.log").read_text()
     assert sha256(tmp_path / "lt" / payload.name) == sha256(payload)
     # Both announced with the token: not one refusal in the tracker's log.
