@@ -16,13 +16,20 @@ from typing import TYPE_CHECKING
 from .errors import ProtocolError
 from .wire.connection import CLOSED, NEED_DATA, PeerConnection
 from .wire.framing import encode_piece_header
-from .wire.messages import Handshake, Message
+from .wire.messages import Cancel, Handshake, Message, Request
 
 if TYPE_CHECKING:
     from .session import Session
     from .values import PeerAddr
 
 Block = tuple[int, int, int]
+
+#: What BEP 3 clients ask for and serve; the most we request from a peer that is not ours.
+STANDARD_BLOCK = 16 * 1024
+#: Our peer ids start with this (Azureus style). Every murder release serves Requests of
+#: up to 128 KiB, so between murder peers one message carries 8 standard blocks: an eighth
+#: of the per-message Python work on the download hot path.
+MURDER_PEER_ID_PREFIX = b"-MU"
 
 #: Kernel socket buffers big enough to keep a fast link full without a deep Python queue.
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -42,7 +49,13 @@ class PeerLink(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.resume_handle: asyncio.TimerHandle | None = None
+        # Requests in the picker's units. A peer that is not murder gets each unit as
+        # standard blocks: ``parts`` maps each block in flight to its unit and ``parts_left``
+        # counts the blocks each unit still waits for.
         self.outstanding: set[Block] = set()
+        self.split = True  # until the handshake says the remote is murder
+        self.parts: dict[Block, Block] = {}
+        self.parts_left: dict[Block, int] = {}
         self.uploads: deque[Block] = deque()
         now = time.monotonic()
         self.last_recv = now
@@ -115,6 +128,73 @@ class PeerLink(asyncio.Protocol):
         if msgs and not self.closed:
             self._write(b"".join(self.conn.send(m) for m in msgs))
 
+    # -- requests in flight ------------------------------------------------------------
+    def identify(self, peer_id: bytes) -> None:
+        self.remote_id = peer_id
+        self.split = not peer_id.startswith(MURDER_PEER_ID_PREFIX)
+
+    def request(self, units: list[Block]) -> None:
+        """Ask for each unit, as itself or as standard blocks."""
+        self.outstanding.update(units)
+        if not self.split:
+            self.send_many([Request(*u) for u in units])
+            return
+        msgs: list[Message] = []
+        for unit in units:
+            blocks = _blocks_of(unit)
+            for block in blocks:
+                self.parts[block] = unit
+            self.parts_left[unit] = len(blocks)
+            msgs.extend(Request(*b) for b in blocks)
+        self.send_many(msgs)
+
+    def arrived(self, block: Block) -> Block | None:
+        """The unit that ``block`` completes; None if it completes none or was not asked for."""
+        if not self.split:
+            if block not in self.outstanding:
+                return None
+            self.outstanding.discard(block)
+            return block
+        unit = self.parts.pop(block, None)
+        if unit is None:
+            return None
+        left = self.parts_left[unit] - 1
+        if left:
+            self.parts_left[unit] = left
+            return None
+        del self.parts_left[unit]
+        self.outstanding.discard(unit)
+        return unit
+
+    def expects(self, block: Block) -> bool:
+        """Whether ``block`` is (part of) a request still in flight."""
+        return block in self.parts if self.split else block in self.outstanding
+
+    def rejected(self, block: Block) -> Block | None:
+        """BEP 6 reject of ``block``: forget its unit, cancelling the rest; returns the unit."""
+        unit = self.parts.pop(block, None) if self.split else block
+        if unit is None or unit not in self.outstanding:
+            return None
+        self.withdraw(unit, cancel=True)
+        return unit
+
+    def withdraw(self, unit: Block, *, cancel: bool) -> None:
+        """Forget ``unit``; with ``cancel``, tell the peer not to send what is left of it."""
+        if unit not in self.outstanding:
+            return
+        self.outstanding.discard(unit)
+        pending = [unit]
+        if self.split:
+            pending = [b for b in _blocks_of(unit) if self.parts.pop(b, None) is not None]
+            self.parts_left.pop(unit, None)
+        if cancel and pending:
+            self.send_many([Cancel(*b) for b in pending])
+
+    def clear_requests(self) -> None:
+        self.outstanding.clear()
+        self.parts.clear()
+        self.parts_left.clear()
+
     def send_block(self, index: int, begin: int, data: bytes) -> None:
         # Header and payload go out separately so the 16 KiB block is never copied again.
         if self.transport is None or self.closed:
@@ -129,3 +209,9 @@ class PeerLink(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+
+
+def _blocks_of(unit: Block) -> list[Block]:
+    index, begin, length = unit
+    end = begin + length
+    return [(index, at, min(STANDARD_BLOCK, end - at)) for at in range(begin, end, STANDARD_BLOCK)]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import StorageError
+from .hashing import PieceHasher
 from .metainfo import Metainfo
 from .peer import PeerLink
 from .picker import PiecePicker
@@ -26,16 +27,20 @@ from .storage import Storage
 from .superseed import SuperSeeder
 from .values import PeerAddr
 from .wire import messages as m
-from .wire.connection import ChokeState, InterestState
+from .wire.connection import DEFAULT_MAX_BLOCK, ChokeState, InterestState
 
 log = logging.getLogger("murder.session")
+
+#: What the picker hands out. A murder peer gets it in one Request; any other client gets
+#: it as standard 16 KiB blocks (see PeerLink.request).
+REQUEST_UNIT = DEFAULT_MAX_BLOCK
 
 
 @dataclass
 class SessionConfig:
     max_uploads: int = 64  # peers we serve at once
     max_peers: int = 80  # connections we keep open
-    pipeline: int = 64  # blocks in flight per peer
+    pipeline: int = 16  # requests (of up to REQUEST_UNIT bytes) in flight per peer
     max_upload_rate: float = 0  # bytes/s, 0 = unlimited
     max_download_rate: float = 0
     connect_timeout: float = 10.0
@@ -72,7 +77,9 @@ class Session:
         self.storage = storage
         self.config = config
         self.on_complete = on_complete
-        self.picker = PiecePicker(meta.num_pieces, meta.piece_length, meta.total_length)
+        self.picker = PiecePicker(
+            meta.num_pieces, meta.piece_length, meta.total_length, block_size=REQUEST_UNIT
+        )
         for index in range(meta.num_pieces):
             if storage.has(index):
                 self.picker.mark_have(index)
@@ -99,6 +106,7 @@ class Session:
             if config.super_seed and storage.complete
             else None
         )
+        self.hashes = PieceHasher(storage)
         self.stopping = False
 
     # -- state -------------------------------------------------------------------------
@@ -160,7 +168,7 @@ class Session:
         self.picker.remove_peer(link)
         if self.superseed is not None:
             self.superseed.remove_peer(link)
-        link.outstanding.clear()
+        link.clear_requests()
         for peers in self.contributors.values():
             peers.discard(link)
         self._unchoke_waiting()
@@ -188,7 +196,7 @@ class Session:
 
     def _on_handshake(self, link: PeerLink, hs: m.Handshake) -> None:
         rid = hs.peer_id
-        link.remote_id = rid
+        link.identify(rid)
         if rid == self.peer_id:
             if link.addr is not None:
                 self.own_addrs.add(link.addr)
@@ -243,7 +251,10 @@ class Session:
         self.picker.peer_has(link, msg.index)
         if self.superseed is not None:
             self._reveal(self.superseed.refresh(link), link)
-        if not _interested(link) and not self.picker.have(msg.index):
+        if not self.picker.have(msg.index):
+            # Also when already interested: with pieces checked off the loop, this Have
+            # may be the seeder's next offer arriving after our last request round found
+            # nothing to ask for.
             self._update_interest(link)
 
     def _on_noop(self, link: PeerLink, msg: object) -> None:
@@ -253,16 +264,15 @@ class Session:
         # Without the fast extension a choke silently cancels every pending request.
         if not link.conn.fast:
             self.picker.requests_dropped(link)
-            link.outstanding.clear()
+            link.clear_requests()
 
     def _on_unchoke(self, link: PeerLink, msg: m.Unchoke) -> None:
         self.request_more(link)
 
     def _on_reject(self, link: PeerLink, msg: m.RejectRequest) -> None:
-        block = (msg.index, msg.begin, msg.length)
-        if block in link.outstanding:
-            link.outstanding.discard(block)
-            self.picker.request_rejected(link, block)
+        unit = link.rejected((msg.index, msg.begin, msg.length))
+        if unit is not None:
+            self.picker.request_rejected(link, unit)
 
     def _on_interested(self, link: PeerLink, msg: m.Interested) -> None:
         if len(self.unchoked) < self.config.max_uploads and link not in self.unchoked:
@@ -334,25 +344,26 @@ class Session:
     def _on_piece(self, link: PeerLink, msg: m.Piece) -> None:
         length = len(msg.block)
         block = (msg.index, msg.begin, length)
-        if block not in link.outstanding:
+        if not link.expects(block):
             self.stats.wasted += length  # cancelled in endgame, or never asked for
             return
-        link.outstanding.discard(block)
         link.last_block = time.monotonic()
-        complete, cancels = self.picker.block_received(link, block)
-        for other, dup in cancels:
-            if isinstance(other, PeerLink) and dup in other.outstanding:
-                other.outstanding.discard(dup)
-                other.send(m.Cancel(*dup))
         self.storage.write_block(msg.index, msg.begin, msg.block)
+        self.hashes.block_written(msg.index, msg.begin, msg.block)
         link.downloaded += length
         self.stats.downloaded += length
         self.contributors[msg.index].add(link)
         if self.config.max_download_rate:
             self.down_bucket.take(length, time.monotonic())
             self._throttle_reading(link)
-        if complete:
-            self._piece_done(msg.index)
+        unit = link.arrived(block)
+        if unit is not None:
+            complete, cancels = self.picker.block_received(link, unit)
+            for other, dup in cancels:
+                if isinstance(other, PeerLink):
+                    other.withdraw(dup, cancel=True)
+            if complete:
+                self._piece_done(msg.index)
         if not self.complete:
             self.request_more(link)
 
@@ -376,7 +387,7 @@ class Session:
 
     def _piece_done(self, index: int) -> None:
         contributors = self.contributors.pop(index, set())
-        if self.storage.verify_piece(index):
+        if self.hashes.verify(index):
             self.picker.piece_passed(index)
             self.verified_bytes += self.meta.piece_size(index)
             # Tell everyone, even peers that have it: a super-seeder learns from our Have
@@ -429,8 +440,7 @@ class Session:
             if not link.outstanding:
                 self._update_interest_quiet(link)
             return
-        link.outstanding.update(blocks)
-        link.send_many([m.Request(*b) for b in blocks])
+        link.request(blocks)
 
     def _update_interest_quiet(self, link: PeerLink) -> None:
         if _interested(link) and (self.complete or not self.picker.interesting(link)):
@@ -446,7 +456,7 @@ class Session:
             if link.outstanding and now - link.last_block > self.config.snub_after:
                 # A stalled peer must not hold blocks hostage: hand them to everyone else.
                 self.picker.requests_dropped(link)
-                link.outstanding.clear()
+                link.clear_requests()
                 link.last_block = now
             # Only after both handshakes: before that the wire allows nothing else.
             if link.ready and now - link.last_send > self.config.keepalive_every:

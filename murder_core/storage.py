@@ -33,6 +33,7 @@ from .payload_files import (
     pread,
     pread_exact,
     pwrite_all,
+    start_writeback,
     storage_error,
 )
 
@@ -214,23 +215,48 @@ class Storage:
 
     def verify_piece(self, index: int) -> bool:
         """Read the piece back and check its SHA-1; marks it verified on success."""
+        good = self.check_piece(index)
+        self.record_check(index, good)
+        return good
+
+    def check_piece(
+        self, index: int, digest: Optional[hashlib._Hash] = None, start: int = 0
+    ) -> bool:
+        """Whether the piece on disk matches its SHA-1, changing nothing.
+
+        ``digest`` is a SHA-1 already fed the piece's first ``start`` bytes; only
+        the rest is read. Safe to run in another thread while the storage stays
+        open and nothing writes to this piece.
+        """
         self._check_open()
         if not 0 <= index < len(self._have):
             raise StorageError(f"piece index {index} out of range 0..{len(self._have) - 1}")
         size = self._meta.piece_size(index)
-        digest = hashlib.sha1()
-        for f, local, length in self._extents(index * self._meta.piece_length, size):
+        if not 0 <= start <= size:
+            raise StorageError(f"cannot resume the hash of piece {index} at byte {start}")
+        if digest is None:
+            digest = hashlib.sha1()
+        rest = size - start
+        base = index * self._meta.piece_length + start
+        for f, local, length in self._extents(base, rest):
             end = local + length
             while local < end:
                 chunk = pread(f, local, min(_CHUNK, end - local))
                 if not chunk:
-                    self._mark(index, False)  # file shorter than the torrent says
-                    return False
+                    return False  # file shorter than the torrent says
                 digest.update(chunk)
                 local += len(chunk)
-        good = digest.digest() == self._meta.piece_hash(index)
+        return digest.digest() == self._meta.piece_hash(index)
+
+    def record_check(self, index: int, good: bool) -> None:
+        """Mark piece ``index`` as verified or not, after ``check_piece``."""
+        self._check_open()
         self._mark(index, good)
-        return good
+        if good and self._writable:
+            for f, local, length in self._extents(
+                index * self._piece_length, self._meta.piece_size(index)
+            ):
+                start_writeback(f, local, length)
 
     def verify_all(self, progress: Optional[Callable[[int], None]] = None) -> int:
         """Hash-check every piece on disk; returns how many are good.
