@@ -36,7 +36,7 @@ class PieceHasher:
         self.storage = storage
         self._running: dict[int, _Running] = {}
 
-    def block_written(self, index: int, begin: int, data: bytes) -> None:
+    def block_written(self, index: int, begin: int, data: bytes | memoryview) -> None:
         """``data`` was just written at ``begin`` of piece ``index``."""
         running = self._running.get(index)
         if running is None:

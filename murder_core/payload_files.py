@@ -11,7 +11,7 @@ import errno
 import os
 import pathlib
 import stat
-from typing import Callable, Protocol, Union, cast
+from typing import Protocol, Union
 
 from .errors import StorageError
 from .metainfo import Metainfo
@@ -171,34 +171,6 @@ def pread_exact(f: PayloadFile, offset: int, length: int) -> bytes:
             )
         data += more
     return data
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        import ctypes
-
-        func = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (ImportError, OSError, AttributeError):  # not Linux, or a Python without ctypes
-        return None
-    func.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    func.restype = ctypes.c_int
-    return cast("Callable[[int, int, int, int], int]", func)
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages, do not wait for it
-
-
-def start_writeback(f: PayloadFile, offset: int, length: int) -> None:
-    """Start writing a range to disk now, without waiting for it.
-
-    Pieces are flushed as they pass their check, so the fsync before the final
-    rename has little left to wait for (on a 1 GiB download it was most of the
-    time between the last piece and exit). Advisory: any failure is ignored and
-    that fsync still makes everything durable.
-    """
-    if _sync_file_range is not None and f.fd >= 0:
-        _sync_file_range(f.fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def storage_error(what: str, exc: OSError) -> StorageError:

@@ -33,7 +33,6 @@ from .payload_files import (
     pread,
     pread_exact,
     pwrite_all,
-    start_writeback,
     storage_error,
 )
 
@@ -252,11 +251,6 @@ class Storage:
         """Mark piece ``index`` as verified or not, after ``check_piece``."""
         self._check_open()
         self._mark(index, good)
-        if good and self._writable:
-            for f, local, length in self._extents(
-                index * self._piece_length, self._meta.piece_size(index)
-            ):
-                start_writeback(f, local, length)
 
     def verify_all(self, progress: Optional[Callable[[int], None]] = None) -> int:
         """Hash-check every piece on disk; returns how many are good.

@@ -6,16 +6,17 @@ prefix above its cap is refused as soon as its four bytes are in, before any
 payload is awaited or stored, and fixed-size messages must have exactly their
 size.
 
-The hot path is ``Piece``. Received chunks are kept as a list and joined only
-once enough bytes are buffered to finish the message being waited for, so a
-message trickling in one byte at a time costs linear, not quadratic, work; a
-chunk that arrives when nothing is pending becomes the buffer without a copy,
-and each block is a single slice of it.
+The hot path is ``Piece``. Received chunks are queued and joined only once
+enough bytes are buffered to finish the message being waited for, so a
+message trickling in one byte at a time costs linear, not quadratic, work;
+only a message that straddles chunks is copied (just its own bytes), and a
+Piece's block is a view into the received bytes, never a copy.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Iterator
 from typing import Callable, NoReturn, Union
 
@@ -144,9 +145,9 @@ class Decoder:
                 f"got {max_message_length}"
             )
         self.max_message_length = max_message_length
-        self._buf = b""
+        self._buf: bytes | memoryview = b""
         self._pos = 0
-        self._chunks: list[bytes] = []
+        self._chunks: deque[bytes | memoryview] = deque()
         self._chunks_len = 0
         self._error: RemoteProtocolError | None = None
 
@@ -186,13 +187,13 @@ class Decoder:
             return None
         buf, start = self._buf, self._pos
         self._pos = start + HANDSHAKE_LENGTH
-        pstr = buf[start + 1 : start + 20]
+        pstr = bytes(buf[start + 1 : start + 20])
         if pstr != PROTOCOL:
             self._fail(f"handshake protocol string must be {PROTOCOL!r}, got {pstr!r}")
         return Handshake(
-            reserved=buf[start + 20 : start + 28],
-            info_hash=buf[start + 28 : start + 48],
-            peer_id=buf[start + 48 : start + 68],
+            reserved=bytes(buf[start + 20 : start + 28]),
+            info_hash=bytes(buf[start + 28 : start + 48]),
+            peer_id=bytes(buf[start + 48 : start + 68]),
         )
 
     def next_message(self) -> Message | None:
@@ -218,7 +219,8 @@ class Decoder:
             if length < 9:
                 self._fail(f"Piece payload must be at least 8 bytes, got {length - 1}")
             index, begin = _TWO_U32.unpack_from(buf, start + 1)
-            return Piece(index, begin, buf[start + 9 : end])
+            # A view, not a copy: the chunk it lies in is immutable bytes.
+            return Piece(index, begin, memoryview(buf)[start + 9 : end])
         make_block = _BY_BLOCK.get(msg_id)
         if make_block is not None:
             self._check_size(msg_id, length, 12)
@@ -232,29 +234,50 @@ class Decoder:
             self._check_size(msg_id, length, 0)
             return bare
         if msg_id == _BITFIELD_ID:
-            return Bitfield(buf[start + 1 : end])
+            return Bitfield(bytes(buf[start + 1 : end]))
         if msg_id == _PORT_ID:
             self._check_size(msg_id, length, 2)
-            return Port(int.from_bytes(buf[start + 1 : end], "big"))
+            return Port(int.from_bytes(bytes(buf[start + 1 : end]), "big"))
         if msg_id == _EXTENDED_ID:
             if length < 2:
                 self._fail("Extended payload must be at least 1 byte, got 0")
-            return Extended(buf[start + 1], buf[start + 2 : end])
+            return Extended(buf[start + 1], bytes(buf[start + 2 : end]))
         self._fail(f"unknown message id {msg_id} (length {length})")
 
     def _gather(self, n: int) -> bool:
-        """Make the next ``n`` unread bytes contiguous in ``_buf``; False if not all here yet."""
+        """Make the next ``n`` unread bytes contiguous in ``_buf``; False if not all here yet.
+
+        Copies at most those ``n`` bytes: when the next chunk alone holds them it
+        becomes the buffer as it is, and a chunk that a message ends inside is
+        kept from that point as a view.
+        """
         unread = len(self._buf) - self._pos
         if unread >= n:
             return True
         if unread + self._chunks_len < n:
             return False
-        # Joining a lone chunk onto an exhausted buffer is free: both operations return
-        # their bytes operand itself.
-        self._buf = self._buf[self._pos :] + b"".join(self._chunks)
+        chunks = self._chunks
+        if not unread and len(chunks[0]) >= n:
+            self._buf = chunks.popleft()
+            self._chunks_len -= len(self._buf)
+            self._pos = 0
+            return True
+        parts: list[bytes | memoryview] = [memoryview(self._buf)[self._pos :]] if unread else []
+        need = n - unread
+        while need:
+            chunk = chunks[0]
+            if len(chunk) <= need:
+                parts.append(chunks.popleft())
+                need -= len(chunk)
+                self._chunks_len -= len(chunk)
+            else:
+                view = memoryview(chunk)
+                parts.append(view[:need])
+                chunks[0] = view[need:]
+                self._chunks_len -= need
+                need = 0
+        self._buf = b"".join(parts)
         self._pos = 0
-        self._chunks = []
-        self._chunks_len = 0
         return True
 
     def _check_size(self, msg_id: int, length: int, payload: int) -> None:

@@ -115,11 +115,15 @@ class Request:
 
 @dataclass(frozen=True)
 class Piece:
-    """A block of data: ``block`` is piece ``index`` from offset ``begin``."""
+    """A block of data: ``block`` is piece ``index`` from offset ``begin``.
+
+    Decoded blocks are read-only memoryviews into the received bytes (they
+    compare equal to the same bytes); ``bytes(block)`` makes a copy to keep.
+    """
 
     index: int
     begin: int
-    block: bytes
+    block: bytes | memoryview
 
     def __post_init__(self) -> None:
         _check_u32("Piece", "index", self.index)
