@@ -18,24 +18,27 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Coroutine
 
 import pytest
+from wirepeer import (
+    PIECE,
+    THEIR_ID,
+    WAIT,
+    next_message,
+    run_session,
+    small_torrent,
+    until,
+)
 
-from murder_core.metainfo import BLOCK_SIZE, Metainfo, write_torrent
-from murder_core.peer import PeerLink
+from murder_core.metainfo import BLOCK_SIZE
 from murder_core.session import Session, SessionConfig
 from murder_core.storage import Storage
 from murder_core.wire import messages as m
-from murder_core.wire.connection import NEED_DATA, PeerConnection
+from murder_core.wire.connection import PeerConnection
 from murder_core.wire.framing import encode
 from murder_dev.localswarm import LocalSwarm, child_env, free_port, make_payload, murder_cmd
 
-PIECE = 2 * BLOCK_SIZE
 WRONG_HASH = b"W" * 20
-THEIR_ID = b"-XX0000-000000000001"
-#: Bound on every wait for the other side; a hang fails the test instead of stalling it.
-WAIT = 10.0
 
 
 def _handshake(info_hash: bytes) -> bytes:
@@ -89,67 +92,11 @@ def test_running_seeder_drops_a_wrong_info_hash_without_revealing_its_own(
         assert sw.procs["seeder"].poll() is None, sw.log("seeder")
 
 
-# -- in-process: one Session behind a real listening socket -------------------------------
-
-
-def _torrent(tmp_path: Path, pieces: int = 3) -> tuple[Metainfo, Path]:
-    payload = make_payload(tmp_path / "payload.bin", pieces * PIECE)
-    meta = write_torrent(
-        payload, "http://127.0.0.1:1/announce", tmp_path / "p.torrent", piece_length=PIECE
-    )
-    return meta, payload
-
-
-Scenario = Callable[
-    [Session, asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]
-]
-
-
-def _run(session: Session, scenario: Scenario) -> None:
-    """Serve ``session`` on 127.0.0.1 and run ``scenario`` against it as the remote peer."""
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: PeerLink(session, None, False), host="127.0.0.1", port=0
-        )
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            await asyncio.wait_for(scenario(session, reader, writer), 3 * WAIT)
-        finally:
-            writer.close()
-            session.close_all()
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
-
-
-async def _next_message(conn: PeerConnection, reader: asyncio.StreamReader) -> m.Message:
-    while True:
-        event = conn.next_event()
-        if event is not NEED_DATA:
-            assert isinstance(event, (m.Message, m.Handshake)), event
-            return event
-        data = await asyncio.wait_for(reader.read(65536), WAIT)
-        conn.receive_data(data)
-
-
-async def _until(
-    conn: PeerConnection, reader: asyncio.StreamReader, kind: type | tuple[type, ...]
-) -> m.Message:
-    while True:
-        msg = await _next_message(conn, reader)
-        if isinstance(msg, kind):
-            return msg
-
-
 def test_a_silent_connection_gets_no_handshake_and_does_not_break_the_tick(
     tmp_path: Path,
 ) -> None:
     """Keep-alives go to handshaken peers only: a silent dialler must not crash the timer."""
-    meta, payload = _torrent(tmp_path)
+    meta, payload = small_torrent(tmp_path)
     storage = Storage.for_seed(meta, payload)
     storage.verify_all()
     # keepalive_every=0: every tick wants to send a keep-alive to every link.
@@ -171,19 +118,19 @@ def test_a_silent_connection_gets_no_handshake_and_does_not_break_the_tick(
             pytest.fail(f"the seeder spoke before our handshake: {early!r}")
         conn = PeerConnection(meta.info_hash.raw, THEIR_ID, meta.num_pieces)
         writer.write(conn.initiate())
-        hs = await _next_message(conn, reader)
+        hs = await next_message(conn, reader)
         assert isinstance(hs, m.Handshake) and hs.info_hash == meta.info_hash.raw
         s.tick(loop)  # now ready: a keep-alive is due and allowed
-        assert isinstance(await _until(conn, reader, m.KeepAlive), m.KeepAlive)
+        assert isinstance(await until(conn, reader, m.KeepAlive), m.KeepAlive)
 
     try:
-        _run(session, scenario)
+        run_session(session, scenario)
     finally:
         storage.close()
 
 
 def test_only_verified_pieces_are_served(tmp_path: Path) -> None:
-    meta, payload = _torrent(tmp_path)
+    meta, payload = small_torrent(tmp_path)
     data = payload.read_bytes()
     (tmp_path / "dl").mkdir()
     storage = Storage.for_download(meta, tmp_path / "dl" / "payload.bin")
@@ -194,23 +141,23 @@ def test_only_verified_pieces_are_served(tmp_path: Path) -> None:
     ) -> None:
         conn = PeerConnection(meta.info_hash.raw, THEIR_ID, meta.num_pieces)
         writer.write(conn.initiate())
-        await _until(conn, reader, m.Handshake)
+        await until(conn, reader, m.Handshake)
         writer.write(conn.send(m.HaveNone()) + conn.send(m.Interested()))
-        await _until(conn, reader, m.Unchoke)
+        await until(conn, reader, m.Unchoke)
         # Piece 0's bytes are on disk, right ones even, but not verified yet: refused.
         for begin in (0, BLOCK_SIZE):
             s.storage.write_block(0, begin, data[begin : begin + BLOCK_SIZE])
         request = m.Request(0, 0, BLOCK_SIZE)
         writer.write(conn.send(request))
-        answer = await _until(conn, reader, (m.RejectRequest, m.Piece))
+        answer = await until(conn, reader, (m.RejectRequest, m.Piece))
         assert answer == m.RejectRequest(0, 0, BLOCK_SIZE)
         assert s.storage.verify_piece(0)
         writer.write(conn.send(request))
-        answer = await _until(conn, reader, (m.RejectRequest, m.Piece))
+        answer = await until(conn, reader, (m.RejectRequest, m.Piece))
         assert answer == m.Piece(0, 0, data[:BLOCK_SIZE])
 
     try:
-        _run(session, scenario)
+        run_session(session, scenario)
     finally:
         storage.close()
 

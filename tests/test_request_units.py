@@ -1,0 +1,143 @@
+"""What a downloading session asks for: 128 KiB units from murder peers, 16 KiB blocks
+from every other client, and how a split unit is put back together or given up.
+
+The remote here is the test, speaking the wire through PeerConnection over a real
+socket to a Session that downloads (see wirepeer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from wirepeer import THEIR_ID, WAIT, next_message, run_session, small_torrent
+
+from murder_core.peer import STANDARD_BLOCK
+from murder_core.session import REQUEST_UNIT, Session, SessionConfig
+from murder_core.storage import Storage
+from murder_core.wire import messages as m
+from murder_core.wire.connection import PeerConnection
+
+MURDER_ID = b"-MU0001-000000000002"
+PIECE = 2 * REQUEST_UNIT
+
+
+def _downloader(tmp_path: Path, pieces: int) -> tuple[Session, Storage, bytes]:
+    meta, payload = small_torrent(tmp_path, pieces=pieces, piece_length=PIECE)
+    (tmp_path / "dl").mkdir()
+    storage = Storage.for_download(meta, tmp_path / "dl" / "payload.bin")
+    session = Session(meta, storage, b"-MU0001-000000000000", SessionConfig(super_seed=False))
+    return session, storage, payload.read_bytes()
+
+
+def _remote(session: Session, remote_id: bytes) -> PeerConnection:
+    meta = session.meta
+    return PeerConnection(meta.info_hash.raw, remote_id, meta.num_pieces)
+
+
+async def _seed_to(
+    conn: PeerConnection,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    data: bytes,
+    s: Session,
+) -> list[m.Request]:
+    """Serve every request as a seed until the session has everything; returns them all."""
+    writer.write(conn.initiate())
+    seen: list[m.Request] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 3 * WAIT
+    while not s.complete:
+        assert loop.time() < deadline, f"not complete after {len(seen)} requests"
+        msg = await next_message(conn, reader)
+        if isinstance(msg, m.Handshake):
+            writer.write(conn.send(m.HaveAll()))
+        elif isinstance(msg, m.Interested):
+            writer.write(conn.send(m.Unchoke()))
+        elif isinstance(msg, m.Request):
+            seen.append(msg)
+            at = msg.index * PIECE + msg.begin
+            writer.write(conn.send(m.Piece(msg.index, msg.begin, data[at : at + msg.length])))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("remote_id", "size"),
+    [(MURDER_ID, REQUEST_UNIT), (THEIR_ID, STANDARD_BLOCK)],
+    ids=["murder-peer", "other-client"],
+)
+def test_request_size_follows_the_remote_client(
+    tmp_path: Path, remote_id: bytes, size: int
+) -> None:
+    session, storage, data = _downloader(tmp_path, pieces=3)
+
+    async def scenario(
+        s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        seen = await _seed_to(_remote(s, remote_id), reader, writer, data, s)
+        assert {r.length for r in seen} == {size}
+        covered = sorted((r.index, r.begin) for r in seen)
+        assert covered == [(i, b) for i in range(3) for b in range(0, PIECE, size)]
+
+    try:
+        run_session(session, scenario)
+        assert storage.complete and storage.path.read_bytes() == data
+    finally:
+        storage.close()
+
+
+def test_a_rejected_block_gives_up_its_whole_unit_and_asks_again(tmp_path: Path) -> None:
+    """Another client rejects one 16 KiB block: the rest of its unit is cancelled, and the
+    unit is asked for again, whole, so no 128 KiB unit is left half-fetched."""
+    session, storage, data = _downloader(tmp_path, pieces=1)
+    per_unit = REQUEST_UNIT // STANDARD_BLOCK
+
+    async def scenario(
+        s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = _remote(s, THEIR_ID)
+        writer.write(conn.initiate())
+        requests: list[m.Request] = []
+        while len(requests) < 2 * per_unit:
+            msg = await next_message(conn, reader)
+            if isinstance(msg, m.Handshake):
+                writer.write(conn.send(m.HaveAll()))
+            elif isinstance(msg, m.Interested):
+                writer.write(conn.send(m.Unchoke()))
+            elif isinstance(msg, m.Request):
+                requests.append(msg)
+        rejected = requests[2]  # the third block of the first unit
+        writer.write(conn.send(m.RejectRequest(rejected.index, rejected.begin, rejected.length)))
+        cancels: list[m.Cancel] = []
+        while len(cancels) < per_unit - 1:
+            msg = await next_message(conn, reader)
+            assert isinstance(msg, (m.Cancel, m.Request)), msg
+            if isinstance(msg, m.Cancel):
+                cancels.append(msg)
+        first_unit = {(r.index, r.begin) for r in requests[:per_unit]}
+        assert {(c.index, c.begin) for c in cancels} == first_unit - {
+            (rejected.index, rejected.begin)
+        }
+        # Serve the second unit now; the first comes back as a fresh request later.
+        for r in requests[per_unit:]:
+            writer.write(conn.send(m.Piece(r.index, r.begin, data[r.begin : r.begin + r.length])))
+        again: list[m.Request] = []
+        while len(again) < per_unit:
+            msg = await next_message(conn, reader)
+            if isinstance(msg, m.Request):
+                again.append(msg)
+        assert {(r.index, r.begin) for r in again} == first_unit
+        for r in again:
+            writer.write(conn.send(m.Piece(r.index, r.begin, data[r.begin : r.begin + r.length])))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        while not s.complete:  # bounded: the last block is in flight on loopback
+            assert loop.time() < deadline, "the piece did not complete"
+            await asyncio.sleep(0.01)
+
+    try:
+        run_session(session, scenario)
+        assert storage.complete and storage.path.read_bytes() == data
+    finally:
+        storage.close()

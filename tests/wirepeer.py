@@ -1,0 +1,75 @@
+"""An in-process remote peer: one Session behind a real listening socket, and a test
+driving the other end of the connection with the sans-IO PeerConnection."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Callable, Coroutine
+
+from murder_core.metainfo import BLOCK_SIZE, Metainfo, write_torrent
+from murder_core.peer import PeerLink
+from murder_core.session import Session
+from murder_core.wire import messages as m
+from murder_core.wire.connection import NEED_DATA, PeerConnection
+from murder_dev.localswarm import make_payload
+
+PIECE = 2 * BLOCK_SIZE
+THEIR_ID = b"-XX0000-000000000001"
+#: Bound on every wait for the other side; a hang fails the test instead of stalling it.
+WAIT = 10.0
+
+
+def small_torrent(
+    tmp_path: Path, pieces: int = 3, piece_length: int = PIECE
+) -> tuple[Metainfo, Path]:
+    payload = make_payload(tmp_path / "payload.bin", pieces * piece_length)
+    meta = write_torrent(
+        payload, "http://127.0.0.1:1/announce", tmp_path / "p.torrent", piece_length=piece_length
+    )
+    return meta, payload
+
+
+Scenario = Callable[
+    [Session, asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]
+]
+
+
+def run_session(session: Session, scenario: Scenario) -> None:
+    """Serve ``session`` on 127.0.0.1 and run ``scenario`` against it as the remote peer."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: PeerLink(session, None, False), host="127.0.0.1", port=0
+        )
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await asyncio.wait_for(scenario(session, reader, writer), 3 * WAIT)
+        finally:
+            writer.close()
+            session.close_all()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+async def next_message(conn: PeerConnection, reader: asyncio.StreamReader) -> m.Message:
+    while True:
+        event = conn.next_event()
+        if event is not NEED_DATA:
+            assert isinstance(event, (m.Message, m.Handshake)), event
+            return event
+        data = await asyncio.wait_for(reader.read(65536), WAIT)
+        conn.receive_data(data)
+
+
+async def until(
+    conn: PeerConnection, reader: asyncio.StreamReader, kind: type | tuple[type, ...]
+) -> m.Message:
+    while True:
+        msg = await next_message(conn, reader)
+        if isinstance(msg, kind):
+            return msg
