@@ -389,7 +389,11 @@ class Session:
         contributors = self.contributors.pop(index, set())
         if self.hashes.verify(index):
             self.picker.piece_passed(index)
+            before = self.verified_bytes
             self.verified_bytes += self.meta.piece_size(index)
+            eighth = self.meta.total_length / 8
+            if before // eighth != self.verified_bytes // eighth:
+                self.storage.flush_in_background()  # see there: a shorter wait at the end
             # Tell everyone, even peers that have it: a super-seeder learns from our Have
             # that its offer arrived and that it may reveal the next piece.
             have = m.Have(index)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,34 @@ def test_single_file_round_trip(tmp_path: Path) -> None:
         # Still open for seeding after the rename.
         assert storage.read_block(5, 0, 1000) == data[5 * PIECE :]
         assert storage.finalize() == target
+
+
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_background_flush_is_done_before_finalize_and_close(tmp_path: Path, kind: str) -> None:
+    """The flush thread holds our descriptors: finalize and close wait for it."""
+    meta, data = (single if kind == "single" else multi)(tmp_path)
+    target = tmp_path / "dl" / meta.name
+    target.parent.mkdir()
+    storage = Storage.for_download(meta, target)
+    try:
+        half = meta.num_pieces // 2
+        fetch(storage, meta, data, range(half))
+        storage.flush_in_background()
+        storage.flush_in_background()  # while one runs: nothing more
+        fetch(storage, meta, data, range(half, meta.num_pieces))
+        storage.flush_in_background()
+        storage.finalize()
+        assert not [t for t in threading.enumerate() if t.name == "murder-flush"]
+        storage.flush_in_background()
+    finally:
+        storage.close()
+    assert not [t for t in threading.enumerate() if t.name == "murder-flush"]
+    got = (
+        target.read_bytes()
+        if kind == "single"
+        else b"".join(target.joinpath(*f.path).read_bytes() for f in meta.files)
+    )
+    assert got == data
 
 
 def test_multi_file_round_trip_with_blocks_spanning_files(tmp_path: Path) -> None:
