@@ -8,6 +8,7 @@ next to it as tiny shims, so scripts that call ``murder_client.py`` keep working
 from __future__ import annotations
 
 import importlib.util
+import py_compile
 import shutil
 import sys
 import tempfile
@@ -50,6 +51,25 @@ def _package_dir(name: str) -> Path:
     return Path(spec.origin).parent
 
 
+def _compile_beside(stage: Path) -> None:
+    """Put ``module.pyc`` next to each ``module.py``, where zipimport looks for it.
+
+    zipimport cannot cache what it compiles, so without these every start of the
+    zipapp compiles every module again: on a 16-host deploy sharing two cores that
+    was 9% of each peer's CPU and most of the two seconds before the first block
+    moved. The files are unchecked-hash pycs of the building interpreter; a host
+    whose Python has another bytecode magic ignores them and compiles the sources.
+    """
+    for source in stage.rglob("*.py"):
+        py_compile.compile(
+            str(source),
+            cfile=str(source.with_suffix(".pyc")),
+            dfile=str(source.relative_to(stage)),
+            doraise=True,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+
+
 def build_pyz(out: Path = ROOT / "dist" / "murder.pyz") -> Path:
     """Write the zipapp (and legacy shims beside it) and return its path."""
     out = Path(out)
@@ -61,6 +81,7 @@ def build_pyz(out: Path = ROOT / "dist" / "murder.pyz") -> Path:
         for name in VENDORED:
             shutil.copytree(_package_dir(name), stage / name, ignore=ignore)
         (stage / "__main__.py").write_text(_MAIN)
+        _compile_beside(stage)
         partial = out.with_name(out.name + ".tmp")
         zipapp.create_archive(stage, partial, interpreter="/usr/bin/env python3", compressed=True)
         partial.replace(out)

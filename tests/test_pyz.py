@@ -103,5 +103,17 @@ def test_pyz_holds_no_source_tree_paths(pyz: Path) -> None:
     assert "__main__.py" in names
     assert "murder_core/cli.py" in names and "bencodepy/__init__.py" in names
     assert "tqdm/__init__.py" in names
-    assert not [n for n in names if n.endswith((".pyc", ".so"))]
+    assert not [n for n in names if n.endswith(".so") or "__pycache__" in n]
+    # Bytecode beside every module, where zipimport looks, so no start compiles anything.
+    sources = {n[:-3] for n in names if n.endswith(".py")}
+    assert sources == {n[:-4] for n in names if n.endswith(".pyc")}
     assert sys.version_info >= (3, 9)
+
+
+def test_pyz_bytecode_is_used_and_names_no_build_paths(pyz: Path) -> None:
+    """A matching interpreter loads the .pyc (compiling nothing) and its code objects name
+    the module inside the archive, not the tree the build ran in."""
+    import zipimport
+
+    code = zipimport.zipimporter(f"{pyz}/murder_core/").get_code("session")
+    assert code.co_filename == "murder_core/session.py"

@@ -216,6 +216,40 @@ def test_buffered_counts_bytes_not_yet_decoded() -> None:
     assert decoder.buffered == 0
 
 
+def test_missing_counts_the_rest_of_a_started_message_only() -> None:
+    """What a driver may wait for: bytes of a message whose length has arrived, no more."""
+    decoder = Decoder(CAP)
+    wire = encode(m.Piece(0, 0, b"x" * 16384)) + encode(m.Have(2))
+    assert decoder.missing == 0
+    decoder.feed(wire[:3])  # the length prefix is not whole yet: nothing is known
+    assert decoder.next_message() is None and decoder.missing == 0
+    decoder.feed(wire[3:1000])
+    assert decoder.next_message() is None
+    assert decoder.missing == 4 + 9 + 16384 - 1000
+    decoder.feed(wire[1000:-3])
+    piece = decoder.next_message()
+    assert isinstance(piece, m.Piece) and bytes(piece.block) == b"x" * 16384
+    assert decoder.next_message() is None
+    assert decoder.missing == 3  # the Have's length is in: its last 3 bytes are due
+    decoder.feed(wire[-3:])
+    assert decoder.next_message() == m.Have(2)
+    assert decoder.missing == 0
+
+
+def test_a_block_straddling_chunks_decodes_whole_and_the_rest_follows() -> None:
+    """Chunks split a stream of pieces at every offset the decoder copies around."""
+    pieces = [m.Piece(1, i * 100, bytes([i]) * 100) for i in range(5)]
+    wire = b"".join(encode(p) for p in pieces)
+    for cut in range(1, 120):
+        decoder = Decoder(CAP)
+        got = []
+        for at in range(0, len(wire), cut):
+            decoder.feed(wire[at : at + cut])
+            got.extend(iter(decoder))
+        assert got == pieces, cut
+        assert decoder.buffered == 0
+
+
 def test_piece_header_is_the_prefix_of_an_encoded_piece() -> None:
     block = b"x" * 16384
     assert encode_piece_header(3, 32768, len(block)) + block == encode(m.Piece(3, 32768, block))

@@ -213,6 +213,11 @@ class PeerConnection:
         """Bytes received but not yet turned into events."""
         return self._decoder.buffered
 
+    @property
+    def missing(self) -> int:
+        """Bytes still to come to finish the message in progress (0 if none is, or unknown)."""
+        return self._decoder.missing if self._remote_handshake is not None else 0
+
     # -- sending -----------------------------------------------------------------------
     def initiate(self) -> bytes:
         """Our handshake; call once, before or after the remote's has arrived."""

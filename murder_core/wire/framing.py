@@ -149,12 +149,22 @@ class Decoder:
         self._pos = 0
         self._chunks: deque[bytes | memoryview] = deque()
         self._chunks_len = 0
+        self._want = 0  # bytes the message being waited for needs, once its length is known
         self._error: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes fed but not yet decoded."""
         return len(self._buf) - self._pos + self._chunks_len
+
+    @property
+    def missing(self) -> int:
+        """Bytes still to come before the message being waited for is whole (0: not known).
+
+        A driver may wait for that many before reading again: they are the rest of
+        a message the peer has started to send.
+        """
+        return max(0, self._want - self.buffered)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if data:
@@ -207,7 +217,9 @@ class Decoder:
                 f"message length {length} exceeds the cap of {self.max_message_length} bytes"
             )
         if not self._gather(4 + length):
+            self._want = 4 + length
             return None
+        self._want = 0
         buf = self._buf
         start = self._pos + 4  # the id byte
         end = start + length
