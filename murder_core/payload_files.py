@@ -173,6 +173,23 @@ def pread_exact(f: PayloadFile, offset: int, length: int) -> bytes:
     return data
 
 
+def pread_into(f: PayloadFile, offset: int, view: memoryview) -> None:
+    """Fill ``view`` from ``offset`` of the file, with no intermediate bytes object."""
+    got = 0
+    while got < len(view):
+        try:
+            n = os.preadv(f.fd, [view[got:]], offset + got)
+        except OSError as exc:
+            raise storage_error(
+                f"cannot read {len(view)} bytes at {offset} of {f.path}", exc
+            ) from exc
+        if not n:
+            raise StorageError(
+                f"{f.path} ends before {offset + len(view)} bytes (expected {f.length} bytes)"
+            )
+        got += n
+
+
 def storage_error(what: str, exc: OSError) -> StorageError:
     name = errno.errorcode.get(exc.errno or 0, "error")
     return StorageError(f"{what}: {exc.strerror or exc} ({name})")

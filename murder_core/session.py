@@ -28,6 +28,7 @@ from .superseed import SuperSeeder
 from .values import PeerAddr
 from .wire import messages as m
 from .wire.connection import DEFAULT_MAX_BLOCK, ChokeState, InterestState
+from .wire.framing import encode_piece_header
 
 log = logging.getLogger("murder.session")
 
@@ -95,6 +96,7 @@ class Session:
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[PeerAddr] = set()
         self.own_addrs: set[PeerAddr] = set()
+        self.addr_ids: dict[PeerAddr, bytes] = {}  # who answered when we dialled an address
         self.strikes: dict[bytes, int] = defaultdict(int)
         self.contributors: dict[int, set[PeerLink]] = defaultdict(set)
         now = time.monotonic()
@@ -128,6 +130,9 @@ class Session:
         if self.stopping or self.complete:
             return  # a finished peer does not dial out: leechers find it via the tracker
         connected = {link.addr for link in self.links if link.addr is not None}
+        # A peer that dialled us has no address here, only an id: without this map we
+        # would dial it again every tick, and drop the duplicate every time.
+        connected.update(addr for addr, rid in self.addr_ids.items() if rid in self.by_id)
         budget = self.config.max_peers - len(self.links) - len(self.connecting)
         for addr in list(self.known):
             if budget <= 0:
@@ -206,6 +211,8 @@ class Session:
         if rid in self.banned_ids:
             self.drop(link, "banned peer")
             return
+        if link.addr is not None:
+            self.addr_ids[link.addr] = rid
         other = self.by_id.get(rid)
         if other is not None and other is not link:
             # Both sides dialled each other: keep the connection opened by the lower peer id,
@@ -322,11 +329,13 @@ class Session:
                 return
             index, begin, length = link.uploads.popleft()
             try:
-                data = self.storage.read_block(index, begin, length)
+                frame = self.storage.read_frame(
+                    encode_piece_header(index, begin, length), index, begin, length
+                )
             except StorageError as exc:
                 self.drop(link, f"cannot serve block: {exc}")
                 return
-            link.send_block(index, begin, data)
+            link.send_frame(frame, length)
             bucket.take(length, now)
             self.stats.uploaded += length
 
@@ -396,10 +405,8 @@ class Session:
                 self.storage.flush_in_background()  # see there: a shorter wait at the end
             # Tell everyone, even peers that have it: a super-seeder learns from our Have
             # that its offer arrived and that it may reveal the next piece.
-            have = m.Have(index)
-            for other in list(self.links):
-                if other.ready:
-                    other.send(have)
+            for other in self.links:
+                other.queue_have(index)
             if self.picker.complete:
                 self._finished()
             return

@@ -1,10 +1,10 @@
 """Run ``murder.pyz`` with every block it sends recorded, for the cluster benchmark.
 
 ``python3 bench_seedhook.py PYZ EVENTS.json ARGS...`` runs ``murder ARGS...`` from the
-zipapp exactly as a host would, except that each ``PeerLink.send_block`` call is noted
+zipapp exactly as a host would, except that each ``PeerLink.send_frame`` call is noted
 as (monotonic time, piece, offset, length). On exit the list goes to EVENTS.json, from
 which the benchmark learns when every piece had left the seeder once and what it sent
-twice before that. One tuple per 16 KiB block costs nothing next to the send itself.
+twice before that. One tuple per block costs nothing next to the send itself.
 
 Runs on the benchmark's hosts with their python3: stdlib only, and murder_core is
 imported from the zipapp given, never from the source tree.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -30,14 +31,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from murder_core.peer import PeerLink
 
     events: list[tuple[float, int, int, int]] = []
-    original = PeerLink.send_block
+    original = PeerLink.send_frame
 
-    def send_block(self: Any, index: int, begin: int, data: bytes) -> None:
+    def send_frame(self: Any, frame: bytearray, block_length: int) -> None:
         if self.transport is not None and not self.closed:
-            events.append((time.monotonic(), index, begin, len(data)))
-        original(self, index, begin, data)
+            # A Piece message: length, id, then the index and offset it carries.
+            _, _, index, begin = struct.unpack_from(">IBII", frame)
+            events.append((time.monotonic(), index, begin, block_length))
+        original(self, frame, block_length)
 
-    PeerLink.send_block = send_block  # type: ignore[method-assign]
+    PeerLink.send_frame = send_frame  # type: ignore[method-assign]
     try:
         return cli.main(rest)
     finally:
