@@ -8,6 +8,7 @@ socket to a Session that downloads (see wirepeer.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from wirepeer import THEIR_ID, WAIT, next_message, run_session, small_torrent
 from murder_core.peer import STANDARD_BLOCK
 from murder_core.session import REQUEST_UNIT, Session, SessionConfig
 from murder_core.storage import Storage
+from murder_core.values import PeerAddr
 from murder_core.wire import messages as m
 from murder_core.wire.connection import PeerConnection
 
@@ -139,5 +141,50 @@ def test_a_rejected_block_gives_up_its_whole_unit_and_asks_again(tmp_path: Path)
     try:
         run_session(session, scenario)
         assert storage.complete and storage.path.read_bytes() == data
+    finally:
+        storage.close()
+
+
+def test_a_peer_that_dialled_us_is_not_dialled_again_every_tick(tmp_path: Path) -> None:
+    """The remote's id sorts first, so its connection is the one kept; the address the
+    tracker gave for it must then count as connected, or every tick dials it again only
+    to drop the duplicate."""
+    session, storage, _ = _downloader(tmp_path, pieces=1)
+    first_id = b"-AA0000-000000000009"  # below our "-MU..." id: its own dial wins
+    accepted: list[int] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        conn = _remote(session, first_id)
+        conn.receive_data(await asyncio.wait_for(reader.readexactly(68), WAIT))
+        writer.write(conn.initiate())
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await asyncio.wait_for(reader.read(), WAIT)  # until the session drops it
+        writer.close()
+
+    async def scenario(
+        s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        try:
+            conn = _remote(s, first_id)
+            writer.write(conn.initiate())
+            await next_message(conn, reader)  # its handshake: our link is up
+            writer.write(conn.send(m.HaveNone()))
+            s.add_peers([PeerAddr("127.0.0.1", server.sockets[0].getsockname()[1])])
+            for _ in range(4):  # four ticks' worth of dialling
+                s.connect_more(loop)
+                deadline = loop.time() + WAIT
+                while s.connecting or any(not link.ready for link in s.links):
+                    assert loop.time() < deadline, "the dial did not settle"
+                    await asyncio.sleep(0.01)
+            assert len(accepted) == 1
+            assert [link.remote_id for link in s.links] == [first_id]
+        finally:
+            server.close()
+
+    try:
+        run_session(session, scenario)
     finally:
         storage.close()

@@ -131,6 +131,19 @@ def test_multi_file_round_trip_with_blocks_spanning_files(tmp_path: Path) -> Non
     assert not part.exists()
 
 
+def test_read_frame_is_the_head_then_the_block_even_across_files(tmp_path: Path) -> None:
+    meta, data = multi(tmp_path)
+    with Storage.for_seed(meta, tmp_path / "src" / "release") as storage:
+        with pytest.raises(StorageError, match="not verified"):
+            storage.read_frame(b"H", 1, 0, 10)
+        storage.verify_all()
+        frame = storage.read_frame(b"head", 1, 9000, 20000)
+        assert frame == b"head" + data[PIECE + 9000 : PIECE + 29000]
+        assert frame[4:] == storage.read_block(1, 9000, 20000)
+        with pytest.raises(StorageError, match="over the cap"):
+            storage.read_frame(b"", 0, 0, MAX_READ + 1)
+
+
 def test_read_block_spans_files_and_matches_payload(tmp_path: Path) -> None:
     meta, data = multi(tmp_path)
     with Storage.for_download(meta, tmp_path / "release") as storage:
