@@ -91,8 +91,9 @@ def run_deploy(
     for name in peers:
         report.host(name)
     started = time.monotonic()
+    pyz_hashes: dict[str, str] = {}  # host -> sha256 of its murder.pyz
     try:
-        live = _preflight(conns, settings, report)
+        live = _preflight(conns, settings, report, pyz_hashes)
     except BaseException:
         conns.close()
         raise
@@ -105,7 +106,7 @@ def run_deploy(
         return report
     progress: list[SwarmProgress] = []
     try:
-        _deploy(conns, settings, report, live, progress, out, started)
+        _deploy(conns, settings, report, live, pyz_hashes, progress, out, started)
     except MurderError as exc:
         report.error = str(exc)
         report.fail_pending(str(exc))
@@ -134,7 +135,9 @@ def _mark(report: DeployReport, started: float, stage: str) -> None:
     report.stages[stage] = round(time.monotonic() - started, 3)
 
 
-def _preflight(conns: Connections, settings: Settings, report: DeployReport) -> Optional[list[str]]:
+def _preflight(
+    conns: Connections, settings: Settings, report: DeployReport, pyz_hashes: dict[str, str]
+) -> Optional[list[str]]:
     """Reach every host, check python3, learn addresses; refuse an existing tag.
 
     Nothing is started yet, so a refusal here needs no teardown. Returns the peers
@@ -143,7 +146,7 @@ def _preflight(conns: Connections, settings: Settings, report: DeployReport) -> 
     inv = conns.inventory
 
     def probe(host: str) -> str:
-        check_python(conns, host, settings)
+        _, pyz_hashes[host] = check_python(conns, host, settings)
         return conns.ip_of(host)
 
     ips = conns.map([h.name for h in inv.all_hosts], probe)
@@ -175,6 +178,7 @@ def _deploy(
     settings: Settings,
     report: DeployReport,
     live: list[str],
+    pyz_hashes: dict[str, str],
     progress: list[SwarmProgress],
     out: TextIO,
     started: float,
@@ -196,7 +200,7 @@ def _deploy(
         settings,
         [h for h in everyone if h in live or h in (inv.tracker.name, inv.seeder.name)],
         clear=False,
-        python_checked=True,  # by _preflight
+        installed=pyz_hashes,  # what _preflight's probe found
     )
     for role, host in (("tracker", inv.tracker.name), ("seeder", inv.seeder.name)):
         if not installed[host].ok:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from fabfile.remote import Connections, HostError, Outcome, sh
 from fabfile.settings import Settings
@@ -14,9 +14,6 @@ from murder_core.errors import DeployError
 MAX_FILES_TO_CLEAR = 1000
 LEGACY_SCRIPTS = ("murder_tracker.py", "murder_make_torrent.py", "murder_client.py")
 
-_PY_CHECK = (
-    "import sys; v = sys.version_info; print('%d.%d.%d' % v[:3]); sys.exit(0 if v >= (3, 9) else 1)"
-)
 _SHA256 = (
     "import hashlib, sys\n"
     "try:\n"
@@ -28,6 +25,11 @@ _SHA256 = (
     "    h.update(chunk)\n"
     "print(h.hexdigest())\n"
 )
+# One python start per host answers both "is python3 new enough" and "is murder.pyz
+# current": under a loaded fleet (or sixteen hosts on two cores) each start is dear.
+_PROBE = (
+    "import sys\nv = sys.version_info\nprint('%d.%d.%d' % v[:3])\nif v < (3, 9):\n    sys.exit(1)\n"
+) + _SHA256
 
 
 def local_pyz(settings: Settings) -> Path:
@@ -58,20 +60,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_python(conns: Connections, host: str, settings: Settings) -> str:
-    """The remote python3's version, or HostError saying what is wrong with it."""
+def check_python(conns: Connections, host: str, settings: Settings) -> tuple[str, str]:
+    """The remote python3's version and the sha256 of the installed murder.pyz
+    ("missing" if none), or HostError saying what is wrong with that python."""
     result = conns.run(
         host,
         f"command -v {sh(settings.python)} >/dev/null || exit 127; "
-        f"{sh(settings.python, '-c', _PY_CHECK)}",
+        f"{sh(settings.python, '-c', _PROBE, settings.pyz_remote)}",
         check=False,
     )
     if result.exited == 127:
         raise HostError(host, f"{settings.python} not found on PATH")
-    version = result.stdout.strip()
-    if result.exited != 0:
+    lines = str(result.stdout).split()
+    version = lines[0] if lines else ""
+    if result.exited != 0 or len(lines) != 2:
         raise HostError(host, f"{settings.python} >= 3.9 is required, found {version or '?'}")
-    return str(version)
+    return version, lines[1]
 
 
 def clear_dir_script(path: str) -> str:
@@ -96,17 +100,20 @@ def install_on(
     files: Sequence[Path],
     *,
     clear: bool,
-    check: bool = True,
+    installed_sha256: Optional[str] = None,
 ) -> str:
-    """Install on one host; returns ``"installed"`` or ``"up to date"``."""
-    if check:
-        check_python(conns, host, settings)
+    """Install on one host; returns ``"installed"`` or ``"up to date"``.
+
+    ``installed_sha256``: what ``check_python`` found on the host; without it the
+    host is probed here.
+    """
+    if installed_sha256 is None:
+        _, installed_sha256 = check_python(conns, host, settings)
     target = settings.remote_murder_path
     if clear:
         conns.run(host, clear_dir_script(target))
     else:
-        remote = conns.run(host, sh(settings.python, "-c", _SHA256, settings.pyz_remote))
-        if remote.stdout.strip() == sha256_file(files[0]):
+        if installed_sha256 == sha256_file(files[0]):
             return "up to date"
         conns.run(host, f"mkdir -p {sh(target)}")
     for path in files:
@@ -126,14 +133,15 @@ def distribute_files(
     hosts: Sequence[str],
     *,
     clear: bool = True,
-    python_checked: bool = False,
+    installed: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, Outcome[str]]:
     """Murder's distribute_files; ``clear=False`` (the deploy) skips hosts already current.
 
-    ``python_checked``: the caller already ran ``check_python`` on these hosts.
+    ``installed``: host -> sha256 of its murder.pyz, from the caller's ``check_python``.
     """
     files = files_to_ship(local_pyz(settings))
+    known = installed or {}
     return conns.map(
         hosts,
-        lambda h: install_on(conns, h, settings, files, clear=clear, check=not python_checked),
+        lambda h: install_on(conns, h, settings, files, clear=clear, installed_sha256=known.get(h)),
     )
