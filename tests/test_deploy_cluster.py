@@ -29,6 +29,8 @@ pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parent.parent
 HOSTS = 7  # h1 = tracker + seeder, h2..h7 = six peers
 PEERS = [f"h{i}" for i in range(2, HOSTS + 1)]
+ALL_HOSTS = ["h1", *PEERS]
+PYZ_REMOTE = "/srv/murder/bin/murder.pyz"  # the default remote_murder_path
 PREFIX = "mfab"
 SUBNET_WAIT_SECONDS = 300
 
@@ -181,11 +183,14 @@ def test_existing_tag_is_refused_unless_forced(env: Env) -> None:
     ) in out.stderr
     assert env.tree("h2", "/srv/murder/app/current/") != local_tree(release)
     assert_nothing_left(env)
+    installed = {h: env.sh(h, f"stat -c %i.%Y {PYZ_REMOTE}") for h in ALL_HOSTS}
     forced = env.fab("deploy", "--tag", "v1", "--local-path", str(release), "--force")
     assert forced.returncode == 0, forced.stderr + forced.stdout
     for host in PEERS:
         assert env.tree(host, "/srv/murder/app/current/") == local_tree(release)
     assert_nothing_left(env)
+    # murder.pyz was current everywhere: not uploaded again (an upload renames a new file in)
+    assert {h: env.sh(h, f"stat -c %i.%Y {PYZ_REMOTE}") for h in ALL_HOSTS} == installed
 
 
 def test_rollback_and_keep_releases(env: Env) -> None:
