@@ -230,8 +230,8 @@ class PeerLink(asyncio.Protocol):
         self.last_send = time.monotonic()
         self.uploaded += block_length
 
-    def queue_have(self, index: int) -> None:
-        """Announce piece ``index`` soon, with any others that pass meanwhile.
+    def queue_have(self, index: int, *, now: bool = False) -> None:
+        """Announce piece ``index`` soon, with any others that pass meanwhile (or ``now``).
 
         One Have per piece per peer, each its own packet and wake-up at both ends,
         was a large share of a 16-host deploy's CPU; a short wait bundles them.
@@ -239,7 +239,11 @@ class PeerLink(asyncio.Protocol):
         if not self.ready or self.closed:
             return
         self._haves.append(index)
-        if self._have_timer is None:
+        if now:
+            if self._have_timer is not None:
+                self._have_timer.cancel()
+            self._flush_haves()
+        elif self._have_timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # driven by hand, without a loop: no one to wait for

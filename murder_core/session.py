@@ -406,7 +406,9 @@ class Session:
             # Tell everyone, even peers that have it: a super-seeder learns from our Have
             # that its offer arrived and that it may reveal the next piece.
             for other in self.links:
-                other.queue_have(index)
+                # Whoever sent it hears at once: a super-seeder offers its next piece
+                # on this Have. The rest may wait for company (PeerLink.queue_have).
+                other.queue_have(index, now=other in contributors)
             if self.picker.complete:
                 self._finished()
             return

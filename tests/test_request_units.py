@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from wirepeer import THEIR_ID, WAIT, next_message, run_session, small_torrent
 
+from murder_core import peer as peer_module
 from murder_core.peer import STANDARD_BLOCK
 from murder_core.session import REQUEST_UNIT, Session, SessionConfig
 from murder_core.storage import Storage
@@ -186,5 +187,39 @@ def test_a_peer_that_dialled_us_is_not_dialled_again_every_tick(tmp_path: Path) 
 
     try:
         run_session(session, scenario)
+    finally:
+        storage.close()
+
+
+def test_the_peer_that_sent_a_piece_hears_its_have_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Haves to other peers wait to be bundled; the sender's may not: a super-seeder
+    offers its next piece only once it sees this one arrived."""
+    monkeypatch.setattr(peer_module, "HAVE_DELAY", 3600.0)  # "never", for this test
+    session, storage, data = _downloader(tmp_path, pieces=2)
+
+    async def scenario(
+        s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = _remote(s, MURDER_ID)
+        writer.write(conn.initiate())
+        while True:
+            msg = await next_message(conn, reader)
+            if isinstance(msg, m.Handshake):
+                # Like our super-seeder: nothing at first, then one piece revealed.
+                writer.write(conn.send(m.HaveNone()) + conn.send(m.Have(1)))
+            elif isinstance(msg, m.Interested):
+                writer.write(conn.send(m.Unchoke()))
+            elif isinstance(msg, m.Request):
+                at = msg.index * PIECE + msg.begin
+                writer.write(conn.send(m.Piece(msg.index, msg.begin, data[at : at + msg.length])))
+            elif isinstance(msg, m.Have):
+                assert msg.index == 1
+                return
+
+    try:
+        run_session(session, scenario)
+        assert storage.has(1)
     finally:
         storage.close()
