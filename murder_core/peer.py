@@ -73,6 +73,9 @@ class PeerLink(asyncio.Protocol):
         self.last_block = now
         self.downloaded = 0
         self.uploaded = 0
+        self.counted = 0  # ``downloaded`` at the session's last tick
+        self.rate = 0.0  # bytes/s received lately
+        self.depth = 1  # requests to keep in flight; the session sizes it
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -15,7 +15,7 @@ import pytest
 from wirepeer import THEIR_ID, WAIT, next_message, run_session, small_torrent
 
 from murder_core import peer as peer_module
-from murder_core.peer import STANDARD_BLOCK
+from murder_core.peer import STANDARD_BLOCK, PeerLink
 from murder_core.session import REQUEST_UNIT, Session, SessionConfig
 from murder_core.storage import Storage
 from murder_core.values import PeerAddr
@@ -222,4 +222,31 @@ def test_the_peer_that_sent_a_piece_hears_its_have_at_once(
         run_session(session, scenario)
         assert storage.has(1)
     finally:
+        storage.close()
+
+
+def test_pipeline_depth_follows_what_the_peer_delivers(tmp_path: Path) -> None:
+    """Enough requests in flight for a quarter second of the peer's rate, within bounds:
+    a deep queue on a slow link only delays the requests behind it."""
+    session, storage, _ = _downloader(tmp_path, pieces=1)
+    loop = asyncio.new_event_loop()
+    try:
+        link = PeerLink(session, None, False)
+        session.link_opened(link)
+        config = session.config
+        assert link.depth == config.pipeline_min
+        session._last_tick -= 1.0
+        link.downloaded += 200 * 1024 * 1024  # a fast peer: 200 MiB in a second
+        session.tick(loop)
+        assert link.depth == config.pipeline_max
+        for _ in range(8):  # then it goes quiet
+            session._last_tick -= 1.0
+            session.tick(loop)
+        assert link.depth == config.pipeline_min
+        session._last_tick -= 1.0
+        link.downloaded += 12 * REQUEST_UNIT * 8  # ~12 units' worth per quarter second
+        session.tick(loop)
+        assert config.pipeline_min < link.depth < config.pipeline_max
+    finally:
+        loop.close()
         storage.close()
