@@ -181,6 +181,7 @@ class Session:
         self.picker.remove_peer(link)
         if self.superseed is not None:
             self.superseed.remove_peer(link)
+            self._refresh_offers()  # what it held may go to someone else now
         link.clear_requests()
         for peers in self.contributors.values():
             peers.discard(link)
@@ -236,13 +237,21 @@ class Session:
             link.send(
                 m.HaveNone() if link.conn.fast else m.Bitfield(bytes(len(self.storage.bitfield())))
             )
-            self._reveal(self.superseed.add_peer(link, link.conn.peer_has), link)
+            self._reveal(self.superseed.add_peer(link, link.conn.peer_has, time.monotonic()), link)
             return
         link.send(self._have_message(link))
 
     def _reveal(self, pieces: list[int], link: PeerLink) -> None:
         if pieces:
             link.send_many([m.Have(i) for i in pieces])
+
+    def _refresh_offers(self) -> None:
+        if self.superseed is None:
+            return
+        now = time.monotonic()
+        for other in list(self.links):
+            if other.ready:
+                self._reveal(self.superseed.refresh(other, now), other)
 
     def _have_message(self, link: PeerLink) -> m.Message:
         count = self.storage.have_count
@@ -256,7 +265,7 @@ class Session:
         self.picker.peer_bitfield(link, link.conn.peer_pieces)
         self._update_interest(link)
         if self.superseed is not None:
-            self._reveal(self.superseed.refresh(link), link)
+            self._reveal(self.superseed.refresh(link, time.monotonic()), link)
 
     def _on_have_all(self, link: PeerLink, msg: m.HaveAll) -> None:
         self.picker.peer_has_all(link)
@@ -265,11 +274,11 @@ class Session:
     def _on_have(self, link: PeerLink, msg: m.Have) -> None:
         self.picker.peer_has(link, msg.index)
         if self.superseed is not None:
-            self._reveal(self.superseed.refresh(link), link)
+            self.superseed.note_have(msg.index)
+            self._reveal(self.superseed.refresh(link, time.monotonic()), link)
         if not self.picker.have(msg.index):
-            # Also when already interested: with pieces checked off the loop, this Have
-            # may be the seeder's next offer arriving after our last request round found
-            # nothing to ask for.
+            # Also when already interested: this Have may be a super-seeder's next offer,
+            # arriving after our last request round found nothing to ask for.
             self._update_interest(link)
 
     def _on_noop(self, link: PeerLink, msg: object) -> None:
@@ -494,6 +503,8 @@ class Session:
                 link.send(m.KeepAlive())
             if link.ready and not self.complete:
                 self._update_interest(link)
+        if self.superseed is not None and self.superseed.expire(now):
+            self._refresh_offers()
         self.connect_more(loop)
 
     def close_all(self) -> None:

@@ -8,7 +8,15 @@ more as it reports the ones it got. Peers then fetch the rest from each other. U
 BEP 16 we do not wait to see a piece re-shared before offering the next one: the
 fleet is trusted, and waiting would idle the uplink.
 
-Pure bookkeeping: no sockets, no clock.
+Once the rotation has gone round, pieces still on offer to someone have not left yet;
+offering them (or pieces already out) to more peers would send them twice while the
+last ones wait, and the last piece to leave the seeder is the last one the swarm can
+finish. So until some peer has reported every piece, a wrapped rotation offers only
+pieces that nobody holds an offer for. Two things release an offer for someone else:
+its peer leaving, and the offer going unclaimed for ``OFFER_TTL`` seconds (a stalled
+peer must not hold pieces back from the whole swarm).
+
+Pure bookkeeping: no sockets; the caller passes the clock.
 """
 
 from __future__ import annotations
@@ -17,8 +25,14 @@ import random
 from collections.abc import Hashable
 from typing import Callable
 
-#: Keep at least this many bytes offered to each peer so its request pipeline stays full.
-OFFER_BYTES = 4 * 1024 * 1024
+#: Bytes on offer at a time, shared by the peers: enough to keep the uplink busy while
+#: Haves come back, few enough that every offer is claimed well within OFFER_TTL on a
+#: 100 Mbit/s uplink (16 MiB there is 1.3 s). Up to four peers get a quarter each (a
+#: lone fast peer needs that much in flight); sixteen get 1 MiB each.
+OFFER_BYTES = 16 * 1024 * 1024
+SHARES_AT_LEAST = 4
+#: An offer not completed within this many seconds may go to another peer.
+OFFER_TTL = 10.0
 
 
 class SuperSeeder:
@@ -28,52 +42,110 @@ class SuperSeeder:
         if num_pieces <= 0:
             raise ValueError(f"num_pieces must be positive, got {num_pieces}")
         self.num_pieces = num_pieces
-        self.per_peer = max(2, -(-OFFER_BYTES // piece_length))
+        self.piece_length = piece_length
         # A shuffled rotation: peers of a fresh swarm should not all start at piece 0.
         self._order = list(range(num_pieces))
         (rng or random.Random()).shuffle(self._order)
         self._cursor = 0
         self._rounds = 0
-        self._offered: dict[Hashable, set[int]] = {}
+        self._offered: dict[Hashable, dict[int, float]] = {}  # peer -> piece -> when
         self._has: dict[Hashable, Callable[[int], bool]] = {}
         self.offers = [0] * num_pieces
+        self._holding = [0] * num_pieces  # live (unexpired) offers of each piece
+        self._seen = bytearray(num_pieces)  # some peer reported it: it left us once
+        self._seen_count = 0
+        self._free = num_pieces  # pieces neither seen nor held in a live offer
+
+    @property
+    def per_peer(self) -> int:
+        """Pieces each peer may hold on offer now."""
+        share = OFFER_BYTES // max(SHARES_AT_LEAST, len(self._offered)) // self.piece_length
+        # Small torrents are spread thin so every early peer gets pieces of its own.
+        return max(1, min(share, self.num_pieces // 8))
 
     @property
     def first_round_done(self) -> bool:
         """True once every piece has been offered at least once."""
         return self._rounds > 0
 
-    def add_peer(self, peer: Hashable, has: Callable[[int], bool]) -> list[int]:
-        self._offered[peer] = set()
+    @property
+    def all_seen(self) -> bool:
+        """True once some peer has reported each piece: every piece has left us."""
+        return self._seen_count == self.num_pieces
+
+    def add_peer(self, peer: Hashable, has: Callable[[int], bool], now: float) -> list[int]:
+        self._offered[peer] = {}
         self._has[peer] = has
-        return self.refresh(peer)
+        return self.refresh(peer, now)
 
     def remove_peer(self, peer: Hashable) -> None:
-        self._offered.pop(peer, None)
+        """Forget a peer; what it was offered may go to others (``refresh`` them)."""
+        for index, when in self._offered.pop(peer, {}).items():
+            if when >= 0:
+                self._release(index)
         self._has.pop(peer, None)
 
     def offered(self, peer: Hashable) -> frozenset[int]:
         return frozenset(self._offered.get(peer, ()))
 
-    def refresh(self, peer: Hashable) -> list[int]:
+    def note_have(self, index: int) -> None:
+        """Some peer reported piece ``index`` (offered to it or not)."""
+        if 0 <= index < self.num_pieces and not self._seen[index]:
+            self._seen[index] = 1
+            self._seen_count += 1
+            if not self._holding[index]:
+                self._free -= 1
+
+    def expire(self, now: float) -> bool:
+        """Release offers older than OFFER_TTL; True if any was (``refresh`` everyone)."""
+        released = False
+        for offers in self._offered.values():
+            for index, when in offers.items():
+                if 0 <= when < now - OFFER_TTL:
+                    offers[index] = -1.0  # still the peer's to fetch, no longer exclusive
+                    self._release(index)
+                    released = True
+        return released
+
+    def refresh(self, peer: Hashable, now: float) -> list[int]:
         """Drop offers the peer has completed and top it up; returns pieces to announce."""
-        offered = self._offered.get(peer)
-        if offered is None:
+        offers = self._offered.get(peer)
+        if offers is None:
             return []
         has = self._has[peer]
-        offered.difference_update([i for i in offered if has(i)])
+        for index in [i for i in offers if has(i)]:
+            self.note_have(index)
+            if offers.pop(index) >= 0:
+                self._release(index)
         new: list[int] = []
         tried = 0
-        while len(offered) < self.per_peer and tried < self.num_pieces:
+        limit = self.per_peer
+        while len(offers) < limit and tried < self.num_pieces:
+            holding_back = self._rounds > 0 and not self.all_seen
+            if holding_back and not self._free:
+                break
             index = self._order[self._cursor]
             self._cursor += 1
             if self._cursor == self.num_pieces:
                 self._cursor = 0
                 self._rounds += 1
             tried += 1
-            if has(index) or index in offered:
+            if has(index):
+                self.note_have(index)
                 continue
-            offered.add(index)
+            if index in offers:
+                continue
+            if holding_back and (self._seen[index] or self._holding[index]):
+                continue
+            offers[index] = now
             self.offers[index] += 1
+            if not self._holding[index] and not self._seen[index]:
+                self._free -= 1
+            self._holding[index] += 1
             new.append(index)
         return new
+
+    def _release(self, index: int) -> None:
+        self._holding[index] -= 1
+        if not self._holding[index] and not self._seen[index]:
+            self._free += 1

@@ -5,16 +5,27 @@ from collections import Counter
 
 import pytest
 
-from murder_core.superseed import OFFER_BYTES, SuperSeeder
+from murder_core.superseed import OFFER_BYTES, OFFER_TTL, SHARES_AT_LEAST, SuperSeeder
 
 
 def _peer_has(have: set[int]):  # type: ignore[no-untyped-def]
     return lambda i: i in have
 
 
-def test_each_peer_is_offered_enough_bytes_to_fill_its_pipeline() -> None:
-    assert SuperSeeder(100, 256 * 1024).per_peer == OFFER_BYTES // (256 * 1024)
-    assert SuperSeeder(100, 16 * 1024 * 1024).per_peer == 2
+def test_the_offer_is_shared_by_the_peers_present() -> None:
+    ss = SuperSeeder(1000, 256 * 1024)
+    ss.add_peer("a", _peer_has(set()), 0.0)
+    assert ss.per_peer == OFFER_BYTES // SHARES_AT_LEAST // (256 * 1024)
+    assert len(ss.offered("a")) == ss.per_peer
+    for i in range(15):
+        ss.add_peer(f"p{i}", _peer_has(set()), 0.0)
+    assert ss.per_peer == OFFER_BYTES // 16 // (256 * 1024)
+    big = SuperSeeder(1000, 64 * 1024 * 1024)
+    big.add_peer("a", _peer_has(set()), 0.0)
+    assert big.per_peer == 1  # never nothing
+    # A small torrent is spread over at least eight peers before any holds back.
+    small = SuperSeeder(16, 256 * 1024)
+    assert small.add_peer("a", _peer_has(set()), 0.0) and small.per_peer == 2
 
 
 def test_no_piece_is_offered_twice_before_every_piece_was_offered_once() -> None:
@@ -22,50 +33,107 @@ def test_no_piece_is_offered_twice_before_every_piece_was_offered_once() -> None
     haves: dict[str, set[int]] = {f"p{i}": set() for i in range(5)}
     offered: list[int] = []
     for name, have in haves.items():
-        offered += ss.add_peer(name, _peer_has(have))
+        offered += ss.add_peer(name, _peer_has(have), 0.0)
     # Peers complete what they were offered, a few rounds over.
     while not ss.first_round_done:
         for name, have in haves.items():
             have.update(ss.offered(name))
-            offered += ss.refresh(name)
+            offered += ss.refresh(name, 0.0)
     first_round = offered[:64]
     assert sorted(first_round) == list(range(64))
 
 
 def test_pieces_a_peer_already_has_are_not_offered_to_it() -> None:
-    ss = SuperSeeder(10, 1024 * 1024, rng=random.Random(1))
-    have = {0, 1, 2, 3, 4, 5, 6, 7}
-    offers = ss.add_peer("p", _peer_has(have))
-    assert set(offers) == {8, 9}
-    have.update({8, 9})
-    assert ss.refresh("p") == []
+    ss = SuperSeeder(80, 1024 * 1024, rng=random.Random(1))
+    have = set(range(78))
+    offers = ss.add_peer("p", _peer_has(have), 0.0)
+    assert set(offers) == {78, 79}
+    have.update({78, 79})
+    assert ss.refresh("p", 0.0) == []
 
 
 def test_refresh_tops_up_as_offers_are_completed() -> None:
     ss = SuperSeeder(100, 1024 * 1024, rng=random.Random(3))
     have: set[int] = set()
-    first = ss.add_peer("p", _peer_has(have))
+    first = ss.add_peer("p", _peer_has(have), 0.0)
     assert len(first) == ss.per_peer
     have.add(first[0])
-    more = ss.refresh("p")
+    more = ss.refresh("p", 0.0)
     assert len(more) == 1 and more[0] not in first
     assert ss.offered("p") == frozenset(first[1:] + more)
 
 
 def test_removed_peer_gets_nothing_and_its_pieces_come_round_again() -> None:
     ss = SuperSeeder(8, 4 * 1024 * 1024, rng=random.Random(5))  # one piece per offer slot
-    gone = ss.add_peer("gone", _peer_has(set()))
+    gone = ss.add_peer("gone", _peer_has(set()), 0.0)
     ss.remove_peer("gone")
-    assert ss.refresh("gone") == []
+    assert ss.refresh("gone", 0.0) == []
     have: set[int] = set()
     seen: Counter[int] = Counter()
-    seen.update(ss.add_peer("q", _peer_has(have)))
+    seen.update(ss.add_peer("q", _peer_has(have), 0.0))
     for _ in range(8):
         have.update(ss.offered("q"))
-        seen.update(ss.refresh("q"))
+        seen.update(ss.refresh("q", 0.0))
     assert set(gone) <= set(seen)
 
 
 def test_empty_torrent_is_refused() -> None:
     with pytest.raises(ValueError, match="num_pieces must be positive, got 0"):
         SuperSeeder(0, 1024)
+
+
+def test_a_wrapped_rotation_offers_nothing_twice_until_every_piece_was_seen() -> None:
+    # Peers finish one offered piece per step, in random order: the rotation wraps while
+    # most of the last pass is still in flight.
+    rng = random.Random(11)
+    ss = SuperSeeder(32, 2 * 1024 * 1024, rng=random.Random(2))  # two pieces per offer
+    haves: dict[str, set[int]] = {f"p{i}": set() for i in range(4)}
+    offers: Counter[int] = Counter()
+    for name, have in haves.items():
+        offers.update(ss.add_peer(name, _peer_has(have), 0.0))
+    steps = 0
+    while not ss.all_seen:
+        steps += 1
+        assert steps < 1000, "the swarm stopped making progress"
+        assert max(offers.values()) == 1, offers.most_common(3)
+        for name, have in haves.items():
+            pending = sorted(ss.offered(name))
+            if pending:
+                have.add(rng.choice(pending))
+            offers.update(ss.refresh(name, 0.0))
+    assert ss.first_round_done and sorted(offers) == list(range(32))
+    # Once every piece was seen, a peer still missing pieces is offered them again.
+    lagging = min(haves, key=lambda n: len(haves[n]))
+    assert ss.refresh(lagging, 0.0) or ss.offered(lagging)
+
+
+def test_a_departed_peers_offers_go_to_the_others() -> None:
+    ss = SuperSeeder(8, 4 * 1024 * 1024, rng=random.Random(4))  # one piece per offer
+    have: dict[str, set[int]] = {f"p{i}": set() for i in range(8)}
+    for name in have:
+        ss.add_peer(name, _peer_has(have[name]), 0.0)
+    held = set(ss.offered("p0"))
+    assert ss.first_round_done
+    # Everyone else finishes their piece; p0 dies before fetching its own.
+    for name in list(have)[1:]:
+        have[name].update(ss.offered(name))
+        assert ss.refresh(name, 1.0) == []  # holding back: p0's piece is still on offer
+    ss.remove_peer("p0")
+    again = [i for name in list(have)[1:] for i in ss.refresh(name, 2.0)]
+    assert set(again) == held
+
+
+def test_an_offer_left_unclaimed_is_released_after_its_time() -> None:
+    ss = SuperSeeder(8, 4 * 1024 * 1024, rng=random.Random(6))
+    have: dict[str, set[int]] = {f"p{i}": set() for i in range(8)}
+    for name in have:
+        ss.add_peer(name, _peer_has(have[name]), 0.0)
+    stuck = set(ss.offered("p0"))
+    for name in list(have)[1:]:
+        have[name].update(ss.offered(name))
+        ss.refresh(name, 1.0)
+    assert not ss.expire(OFFER_TTL - 1)
+    assert [i for name in have for i in ss.refresh(name, OFFER_TTL - 1)] == []
+    assert ss.expire(OFFER_TTL + 1)
+    again = [i for name in list(have)[1:] for i in ss.refresh(name, OFFER_TTL + 1)]
+    assert set(again) == stuck
