@@ -12,7 +12,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from wirepeer import THEIR_ID, WAIT, next_message, run_session, small_torrent
+from wirepeer import THEIR_ID, WAIT, Scenario, next_message, run_session, small_torrent
 
 from murder_core import peer as peer_module
 from murder_core.peer import STANDARD_BLOCK, PeerLink
@@ -39,6 +39,27 @@ def _remote(session: Session, remote_id: bytes) -> PeerConnection:
     return PeerConnection(meta.info_hash.raw, remote_id, meta.num_pieces)
 
 
+def _piece(data: bytes, r: m.Request) -> m.Piece:
+    at = r.index * PIECE + r.begin
+    return m.Piece(r.index, r.begin, data[at : at + r.length])
+
+
+def _greet(conn: PeerConnection, msg: m.Message, *first: m.Message) -> bytes:
+    """A seed's answer to the handshake (``first``) and to Interested; b"" to the rest."""
+    if isinstance(msg, m.Handshake):
+        return b"".join(conn.send(f) for f in first)
+    return conn.send(m.Unchoke()) if isinstance(msg, m.Interested) else b""
+
+
+def _run(session: Session, storage: Storage, scenario: Scenario) -> bytes:
+    """Run ``scenario``; returns the downloaded file's bytes, with the storage closed."""
+    try:
+        run_session(session, scenario)
+        return storage.path.read_bytes()
+    finally:
+        storage.close()
+
+
 async def _seed_to(
     conn: PeerConnection,
     reader: asyncio.StreamReader,
@@ -54,14 +75,10 @@ async def _seed_to(
     while not s.complete:
         assert loop.time() < deadline, f"not complete after {len(seen)} requests"
         msg = await next_message(conn, reader)
-        if isinstance(msg, m.Handshake):
-            writer.write(conn.send(m.HaveAll()))
-        elif isinstance(msg, m.Interested):
-            writer.write(conn.send(m.Unchoke()))
-        elif isinstance(msg, m.Request):
+        writer.write(_greet(conn, msg, m.HaveAll()))
+        if isinstance(msg, m.Request):
             seen.append(msg)
-            at = msg.index * PIECE + msg.begin
-            writer.write(conn.send(m.Piece(msg.index, msg.begin, data[at : at + msg.length])))
+            writer.write(conn.send(_piece(data, msg)))
     return seen
 
 
@@ -83,11 +100,7 @@ def test_request_size_follows_the_remote_client(
         covered = sorted((r.index, r.begin) for r in seen)
         assert covered == [(i, b) for i in range(3) for b in range(0, PIECE, size)]
 
-    try:
-        run_session(session, scenario)
-        assert storage.complete and storage.path.read_bytes() == data
-    finally:
-        storage.close()
+    assert _run(session, storage, scenario) == data
 
 
 def test_a_rejected_block_gives_up_its_whole_unit_and_asks_again(tmp_path: Path) -> None:
@@ -104,11 +117,8 @@ def test_a_rejected_block_gives_up_its_whole_unit_and_asks_again(tmp_path: Path)
         requests: list[m.Request] = []
         while len(requests) < 2 * per_unit:
             msg = await next_message(conn, reader)
-            if isinstance(msg, m.Handshake):
-                writer.write(conn.send(m.HaveAll()))
-            elif isinstance(msg, m.Interested):
-                writer.write(conn.send(m.Unchoke()))
-            elif isinstance(msg, m.Request):
+            writer.write(_greet(conn, msg, m.HaveAll()))
+            if isinstance(msg, m.Request):
                 requests.append(msg)
         rejected = requests[2]  # the third block of the first unit
         writer.write(conn.send(m.RejectRequest(rejected.index, rejected.begin, rejected.length)))
@@ -124,7 +134,7 @@ def test_a_rejected_block_gives_up_its_whole_unit_and_asks_again(tmp_path: Path)
         }
         # Serve the second unit now; the first comes back as a fresh request later.
         for r in requests[per_unit:]:
-            writer.write(conn.send(m.Piece(r.index, r.begin, data[r.begin : r.begin + r.length])))
+            writer.write(conn.send(_piece(data, r)))
         again: list[m.Request] = []
         while len(again) < per_unit:
             msg = await next_message(conn, reader)
@@ -132,18 +142,14 @@ def test_a_rejected_block_gives_up_its_whole_unit_and_asks_again(tmp_path: Path)
                 again.append(msg)
         assert {(r.index, r.begin) for r in again} == first_unit
         for r in again:
-            writer.write(conn.send(m.Piece(r.index, r.begin, data[r.begin : r.begin + r.length])))
+            writer.write(conn.send(_piece(data, r)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT
         while not s.complete:  # bounded: the last block is in flight on loopback
             assert loop.time() < deadline, "the piece did not complete"
             await asyncio.sleep(0.01)
 
-    try:
-        run_session(session, scenario)
-        assert storage.complete and storage.path.read_bytes() == data
-    finally:
-        storage.close()
+    assert _run(session, storage, scenario) == data
 
 
 def test_a_peer_that_dialled_us_is_not_dialled_again_every_tick(tmp_path: Path) -> None:
@@ -206,23 +212,17 @@ def test_the_peer_that_sent_a_piece_hears_its_have_at_once(
         writer.write(conn.initiate())
         while True:
             msg = await next_message(conn, reader)
-            if isinstance(msg, m.Handshake):
-                # Like our super-seeder: nothing at first, then one piece revealed.
-                writer.write(conn.send(m.HaveNone()) + conn.send(m.Have(1)))
-            elif isinstance(msg, m.Interested):
-                writer.write(conn.send(m.Unchoke()))
-            elif isinstance(msg, m.Request):
-                at = msg.index * PIECE + msg.begin
-                writer.write(conn.send(m.Piece(msg.index, msg.begin, data[at : at + msg.length])))
+            # Like our super-seeder: nothing at first, then one piece revealed.
+            writer.write(_greet(conn, msg, m.HaveNone(), m.Have(1)))
+            if isinstance(msg, m.Request):
+                writer.write(conn.send(_piece(data, msg)))
             elif isinstance(msg, m.Have):
                 assert msg.index == 1
+                assert s.storage.has(1)
                 return
 
-    try:
-        run_session(session, scenario)
-        assert storage.has(1)
-    finally:
-        storage.close()
+    got = _run(session, storage, scenario)
+    assert got[PIECE:] == data[PIECE:]
 
 
 def test_pipeline_depth_follows_what_the_peer_delivers(tmp_path: Path) -> None:
