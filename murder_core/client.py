@@ -19,7 +19,7 @@ from typing import Callable
 from . import __version__, announce
 from .errors import DownloadError, MurderError, StorageError, TrackerError
 from .metainfo import Metainfo, read_metainfo
-from .peer import PeerLink
+from .peer import MURDER_PEER_ID_PREFIX, PeerLink
 from .progress import Progress
 from .session import Session, SessionConfig
 from .storage import Storage
@@ -50,7 +50,8 @@ class ClientConfig:
 def make_peer_id() -> bytes:
     # Azureus-style prefix so other clients (and our tracker's stats) can tell who we are.
     major, minor = ([*__version__.split("."), "0"])[:2]
-    return f"-MU{int(major):02d}{int(minor):02d}-".encode() + secrets.token_hex(6).encode()
+    version = f"{int(major):02d}{int(minor):02d}-".encode()
+    return MURDER_PEER_ID_PREFIX + version + secrets.token_hex(6).encode()
 
 
 def open_storage(config: ClientConfig, meta: Metainfo, progress: Progress) -> Storage:

@@ -161,18 +161,6 @@ def pread(f: PayloadFile, offset: int, length: int) -> bytes:
         raise storage_error(f"cannot read {length} bytes at {offset} of {f.path}", exc) from exc
 
 
-def pread_exact(f: PayloadFile, offset: int, length: int) -> bytes:
-    data = pread(f, offset, length)
-    while len(data) < length:
-        more = pread(f, offset + len(data), length - len(data))
-        if not more:
-            raise StorageError(
-                f"{f.path} ends before {offset + length} bytes (expected {f.length} bytes)"
-            )
-        data += more
-    return data
-
-
 def pread_into(f: PayloadFile, offset: int, view: memoryview) -> None:
     """Fill ``view`` from ``offset`` of the file, with no intermediate bytes object."""
     got = 0

@@ -14,6 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from .errors import ProtocolError
+from .metainfo import BLOCK_SIZE
 from .wire.connection import CLOSED, NEED_DATA, PeerConnection
 from .wire.messages import Cancel, Handshake, Have, Message, Request
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 Block = tuple[int, int, int]
 
 #: What BEP 3 clients ask for and serve; the most we request from a peer that is not ours.
-STANDARD_BLOCK = 16 * 1024
+STANDARD_BLOCK = BLOCK_SIZE
 #: Our peer ids start with this (Azureus style). Every murder release serves Requests of
 #: up to 128 KiB, so between murder peers one message carries 8 standard blocks: an eighth
 #: of the per-message Python work on the download hot path.

@@ -181,7 +181,8 @@ class Session:
         self.picker.remove_peer(link)
         if self.superseed is not None:
             self.superseed.remove_peer(link)
-            self._refresh_offers()  # what it held may go to someone else now
+            if not self.stopping:
+                self._refresh_offers()  # what it held may go to someone else now
         link.clear_requests()
         for peers in self.contributors.values():
             peers.discard(link)
@@ -420,11 +421,10 @@ class Session:
             eighth = self.meta.total_length / 8
             if before // eighth != self.verified_bytes // eighth:
                 self.storage.flush_in_background()  # see there: a shorter wait at the end
-            # Tell everyone, even peers that have it: a super-seeder learns from our Have
-            # that its offer arrived and that it may reveal the next piece.
+            # Tell everyone, even peers that have it. Whoever sent it hears at once: a
+            # super-seeder offers its next piece on this Have. The rest may wait for
+            # company (PeerLink.queue_have).
             for other in self.links:
-                # Whoever sent it hears at once: a super-seeder offers its next piece
-                # on this Have. The rest may wait for company (PeerLink.queue_have).
                 other.queue_have(index, now=other in contributors)
             if self.picker.complete:
                 self._finished()

@@ -33,7 +33,6 @@ from .payload_files import (
     open_existing,
     payload_layout,
     pread,
-    pread_exact,
     pread_into,
     pwrite_all,
     storage_error,
@@ -204,12 +203,7 @@ class Storage:
 
     def read_block(self, index: int, begin: int, length: int) -> bytes:
         """Bytes of a verified piece, for uploading."""
-        self._check_readable(index, begin, length)
-        chunks = [
-            pread_exact(f, local, size)
-            for f, local, size in self._extents(index * self._meta.piece_length + begin, length)
-        ]
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return bytes(self.read_frame(b"", index, begin, length))
 
     def read_frame(self, head: bytes, index: int, begin: int, length: int) -> bytearray:
         """``head`` followed by a block of a verified piece, read straight into one buffer.

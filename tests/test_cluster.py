@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import need, need_program, need_root
+from clusterhosts import need_cluster_tools
+from conftest import need, need_program
 
 from murder_core.errors import ClusterError
 from murder_dev import cluster, netns
@@ -45,11 +46,8 @@ except OSError as exc:
 
 
 def _need_namespaces() -> None:
-    need(sys.platform.startswith("linux"), "network namespaces exist only on Linux")
-    need_root()
-    for tool in ("ip", "tc", "nsenter", "unshare", "ssh", "ssh-keygen"):
-        need_program(tool)
-    need(Path("/usr/sbin/sshd").exists(), "needs /usr/sbin/sshd (Debian package openssh-server)")
+    need_cluster_tools()
+    need_program("ssh")
     probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     need(probe.returncode == 0, f"`ip netns` does not work here: {probe.stderr.strip()}")
 

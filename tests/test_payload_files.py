@@ -14,7 +14,7 @@ from murder_core.payload_files import (
     create_file,
     join_inside,
     open_existing,
-    pread_exact,
+    pread_into,
     storage_error,
 )
 
@@ -96,14 +96,16 @@ def test_open_existing_needs_a_regular_file(tmp_path: Path) -> None:
         os.close(f.fd)
 
 
-def test_pread_exact_reports_a_short_file(tmp_path: Path) -> None:
+def test_pread_into_reports_a_short_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"12345")
     f = PayloadFile(tmp_path / "f", ("f",), 10, 0)
     f.fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
-        assert pread_exact(f, 1, 3) == b"234"
+        got = bytearray(3)
+        pread_into(f, 1, memoryview(got))
+        assert got == b"234"
         with pytest.raises(StorageError) as excinfo:
-            pread_exact(f, 2, 8)
+            pread_into(f, 2, memoryview(bytearray(8)))
         assert str(excinfo.value) == f"{tmp_path / 'f'} ends before 10 bytes (expected 10 bytes)"
     finally:
         os.close(f.fd)
