@@ -15,11 +15,15 @@ from typing import TYPE_CHECKING
 
 from .errors import ProtocolError
 from .metainfo import BLOCK_SIZE
+from .sendfile import AVAILABLE as SENDFILE_AVAILABLE
+from .sendfile import send_direct
 from .wire.connection import CLOSED, NEED_DATA, PeerConnection
+from .wire.framing import encode_piece_header
 from .wire.messages import Cancel, Handshake, Have, Message, Request
 
 if TYPE_CHECKING:
     from .session import Session
+    from .storage import Storage
     from .values import PeerAddr
 
 Block = tuple[int, int, int]
@@ -51,6 +55,7 @@ class PeerLink(asyncio.Protocol):
         self.conn = PeerConnection(session.info_hash, session.peer_id, session.num_pieces)
         self.transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None
+        self._direct_fd = -1  # the socket's descriptor, when uploads may use sendfile
         self._lowat = 1
         self.remote: str = str(addr) if addr else "?"
         self.remote_id: bytes | None = None
@@ -84,6 +89,8 @@ class PeerLink(asyncio.Protocol):
         self.transport = transport
         sock = transport.get_extra_info("socket")
         self._sock = sock
+        if sock is not None and SENDFILE_AVAILABLE and sock.type == socket.SOCK_STREAM:
+            self._direct_fd = sock.fileno()
         if sock is not None:
             for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
                 with contextlib.suppress(OSError):  # the kernel caps it; defaults still work
@@ -226,13 +233,33 @@ class PeerLink(asyncio.Protocol):
         self.parts.clear()
         self.parts_left.clear()
 
-    def send_frame(self, frame: bytearray, block_length: int) -> None:
-        """A whole Piece message (header and block in one buffer) carrying ``block_length``."""
-        if self.transport is None or self.closed:
+    def send_piece(self, storage: Storage, index: int, begin: int, length: int) -> None:
+        """A Piece message with a block of a verified piece; StorageError if it cannot be read.
+
+        Straight from the page cache when nothing is queued in the transport (see
+        ``sendfile``); what the socket did not take, and every upload while the transport
+        holds a backlog, goes as one buffer of header and block.
+        """
+        transport = self.transport
+        if transport is None or self.closed:
             return
-        self.transport.write(frame)
+        head = encode_piece_header(index, begin, length)
+        if self._direct_fd < 0 or transport.get_write_buffer_size():
+            transport.write(storage.read_frame(head, index, begin, length))
+        else:
+            extents = storage.upload_extents(index, begin, length)
+            try:
+                head_sent, sent = send_direct(self._direct_fd, head, extents)
+            except OSError as exc:
+                self.session.drop(self, f"cannot send: {exc.strerror or exc}")
+                return
+            if head_sent < len(head):
+                frame = storage.read_frame(head, index, begin, length)
+                transport.write(memoryview(frame)[head_sent:])
+            elif sent < length:
+                transport.write(storage.read_frame(b"", index, begin + sent, length - sent))
         self.last_send = time.monotonic()
-        self.uploaded += block_length
+        self.uploaded += length
 
     def queue_have(self, index: int, *, now: bool = False) -> None:
         """Announce piece ``index`` soon, with any others that pass meanwhile (or ``now``).

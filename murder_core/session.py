@@ -28,7 +28,6 @@ from .superseed import SuperSeeder
 from .values import PeerAddr
 from .wire import messages as m
 from .wire.connection import DEFAULT_MAX_BLOCK, ChokeState, InterestState
-from .wire.framing import encode_piece_header
 
 log = logging.getLogger("murder.session")
 
@@ -347,13 +346,10 @@ class Session:
                 return
             index, begin, length = link.uploads.popleft()
             try:
-                frame = self.storage.read_frame(
-                    encode_piece_header(index, begin, length), index, begin, length
-                )
+                link.send_piece(self.storage, index, begin, length)
             except StorageError as exc:
                 self.drop(link, f"cannot serve block: {exc}")
                 return
-            link.send_frame(frame, length)
             bucket.take(length, now)
             self.stats.uploaded += length
 

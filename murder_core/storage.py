@@ -221,6 +221,14 @@ class Storage:
             pos += size
         return frame
 
+    def upload_extents(self, index: int, begin: int, length: int) -> list[tuple[int, int, int]]:
+        """(descriptor, offset, size) of a block of a verified piece, for ``os.sendfile``."""
+        self._check_readable(index, begin, length)
+        return [
+            (f.fd, local, size)
+            for f, local, size in self._extents(index * self._piece_length + begin, length)
+        ]
+
     def _check_readable(self, index: int, begin: int, length: int) -> None:
         self._check_open()
         if not self.has(index):

@@ -1,7 +1,7 @@
 """Run ``murder.pyz`` with every block it sends recorded, for the cluster benchmark.
 
 ``python3 bench_seedhook.py PYZ EVENTS.json ARGS...`` runs ``murder ARGS...`` from the
-zipapp exactly as a host would, except that each ``PeerLink.send_frame`` call is noted
+zipapp exactly as a host would, except that each ``PeerLink.send_piece`` call is noted
 as (monotonic time, piece, offset, length). On exit the list goes to EVENTS.json, from
 which the benchmark learns when every piece had left the seeder once and what it sent
 twice before that. One tuple per block costs nothing next to the send itself.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -31,16 +30,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from murder_core.peer import PeerLink
 
     events: list[tuple[float, int, int, int]] = []
-    original = PeerLink.send_frame
+    original = PeerLink.send_piece
 
-    def send_frame(self: Any, frame: bytearray, block_length: int) -> None:
+    def send_piece(self: Any, storage: Any, index: int, begin: int, length: int) -> None:
         if self.transport is not None and not self.closed:
-            # A Piece message: length, id, then the index and offset it carries.
-            _, _, index, begin = struct.unpack_from(">IBII", frame)
-            events.append((time.monotonic(), index, begin, block_length))
-        original(self, frame, block_length)
+            events.append((time.monotonic(), index, begin, length))
+        original(self, storage, index, begin, length)
 
-    PeerLink.send_frame = send_frame  # type: ignore[method-assign]
+    PeerLink.send_piece = send_piece  # type: ignore[method-assign]
     try:
         return cli.main(rest)
     finally:

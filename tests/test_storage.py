@@ -144,6 +144,19 @@ def test_read_frame_is_the_head_then_the_block_even_across_files(tmp_path: Path)
             storage.read_frame(b"", 0, 0, MAX_READ + 1)
 
 
+def test_upload_extents_name_the_bytes_of_a_verified_block_across_files(tmp_path: Path) -> None:
+    meta, data = multi(tmp_path)
+    with Storage.for_seed(meta, tmp_path / "src" / "release") as storage:
+        with pytest.raises(StorageError, match="not verified"):
+            storage.upload_extents(1, 0, 10)
+        storage.verify_all()
+        extents = storage.upload_extents(1, 9000, 20000)
+        got = b"".join(os.pread(fd, size, offset) for fd, offset, size in extents)
+        assert got == data[PIECE + 9000 : PIECE + 29000]
+        with pytest.raises(StorageError, match="over the cap"):
+            storage.upload_extents(0, 0, MAX_READ + 1)
+
+
 def test_read_block_spans_files_and_matches_payload(tmp_path: Path) -> None:
     meta, data = multi(tmp_path)
     with Storage.for_download(meta, tmp_path / "release") as storage:
