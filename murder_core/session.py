@@ -245,6 +245,24 @@ class Session:
         if pieces:
             link.send_many([m.Have(i) for i in pieces])
 
+    def _end_superseeding(self) -> None:
+        """Every piece has left us once: show everyone everything they lack from now on.
+
+        Nothing can be sent twice ahead of another piece any more, and with only a few
+        pieces on offer each, the swarm's last seconds left our uplink mostly idle: by
+        then every peer had asked other peers for all it missed, and endgame could
+        only ask us for the handful on offer.
+        """
+        assert self.superseed is not None
+        superseed, self.superseed = self.superseed, None
+        for link in list(self.links):
+            if link.ready and not link.closed:
+                shown = superseed.offered(link)
+                has = link.conn.peer_has
+                self._reveal(
+                    [i for i in range(self.num_pieces) if i not in shown and not has(i)], link
+                )
+
     def _refresh_offers(self) -> None:
         if self.superseed is None:
             return
@@ -275,7 +293,10 @@ class Session:
         self.picker.peer_has(link, msg.index)
         if self.superseed is not None:
             self.superseed.note_have(msg.index)
-            self._reveal(self.superseed.refresh(link, time.monotonic()), link)
+            if self.superseed.all_seen:
+                self._end_superseeding()
+            else:
+                self._reveal(self.superseed.refresh(link, time.monotonic()), link)
         if not self.picker.have(msg.index):
             # Also when already interested: this Have may be a super-seeder's next offer,
             # arriving after our last request round found nothing to ask for.

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
+from wirepeer import PIECE, WAIT, next_message, small_torrent
 
+from murder_core.metainfo import BLOCK_SIZE
+from murder_core.peer import PeerLink
+from murder_core.session import Session, SessionConfig
+from murder_core.storage import Storage
 from murder_core.superseed import OFFER_BYTES, OFFER_TTL, SHARES_AT_LEAST, SuperSeeder
+from murder_core.wire import messages as m
+from murder_core.wire.connection import PeerConnection
 
 
 def _peer_has(have: set[int]):  # type: ignore[no-untyped-def]
@@ -137,3 +146,80 @@ def test_an_offer_left_unclaimed_is_released_after_its_time() -> None:
     assert ss.expire(OFFER_TTL + 1)
     again = [i for name in list(have)[1:] for i in ss.refresh(name, OFFER_TTL + 1)]
     assert set(again) == stuck
+
+
+# -- a seeding Session, two peers over real sockets ------------------------------------
+
+
+def test_once_every_piece_left_the_seed_it_shows_each_peer_all_it_lacks(tmp_path: Path) -> None:
+    """Two peers fetch what the super-seeding Session offers them and share nothing with
+    each other. Once their Haves cover every piece, each must be shown every piece it
+    lacks at once (a full seed from then on), not a few offers at a time."""
+    meta, payload = small_torrent(tmp_path, pieces=32, piece_length=PIECE)
+    data = payload.read_bytes()
+    storage = Storage.for_seed(meta, payload)
+    assert storage.verify_all() == meta.num_pieces
+    session = Session(meta, storage, b"-MU0001-000000000000", SessionConfig(super_seed=True))
+    fetched: dict[bytes, set[int]] = {
+        b"-XX0000-00000000000a": set(),
+        b"-XX0000-00000000000b": set(),
+    }
+    covered = asyncio.Event()
+
+    async def peer(port: int, peer_id: bytes) -> PeerConnection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = PeerConnection(meta.info_hash.raw, peer_id, meta.num_pieces)
+        mine = fetched[peer_id]
+        try:
+            writer.write(conn.initiate())
+            assert isinstance(await next_message(conn, reader), m.Handshake)
+            writer.write(conn.send(m.Interested()))
+            asked: set[int] = set()
+            while conn.peer_piece_count < meta.num_pieces:
+                if not covered.is_set() and conn.peer_choking.name == "UNCHOKED":
+                    new = [i for i in range(meta.num_pieces) if conn.peer_has(i)]
+                    new = [i for i in new if i not in asked and i not in mine]
+                    asked.update(new)
+                    writer.write(
+                        b"".join(
+                            conn.send(m.Request(i, b, BLOCK_SIZE))
+                            for i in new
+                            for b in range(0, PIECE, BLOCK_SIZE)
+                        )
+                    )
+                msg = await next_message(conn, reader)
+                if isinstance(msg, m.Piece):
+                    at = msg.index * PIECE + msg.begin
+                    assert bytes(msg.block) == data[at : at + len(msg.block)]
+                    if msg.begin + len(msg.block) == PIECE:
+                        mine.add(msg.index)
+                        writer.write(conn.send(m.Have(msg.index)))
+                        if len(set().union(*fetched.values())) == meta.num_pieces:
+                            covered.set()
+            return conn
+        finally:
+            writer.close()
+
+    async def main() -> list[PeerConnection]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: PeerLink(session, None, False), host="127.0.0.1", port=0
+        )
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(peer(port, pid) for pid in fetched)), 3 * WAIT
+            )
+        finally:
+            session.close_all()
+            server.close()
+            await server.wait_closed()
+
+    try:
+        conns = asyncio.run(main())
+    finally:
+        storage.close()
+    a, b = fetched.values()
+    assert a and b and not a & b, "each peer got its own offers before the end"
+    assert len(a | b) == meta.num_pieces
+    assert all(c.peer_piece_count == meta.num_pieces for c in conns)
