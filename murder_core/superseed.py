@@ -120,6 +120,11 @@ class SuperSeeder:
         new: list[int] = []
         tried = 0
         limit = self.per_peer
+        # The last pieces out are the last the swarm can finish, and each travels at its
+        # peer's share of a busy downlink: spread them one or two per peer, not four to a
+        # few peers while the rest have nothing from us.
+        unseen = self.num_pieces - self._seen_count
+        limit = min(limit, max(1, -(-unseen // len(self._offered))))
         while len(offers) < limit and tried < self.num_pieces:
             holding_back = self._rounds > 0 and not self.all_seen
             if holding_back and not self._free:

@@ -148,6 +148,33 @@ def test_an_offer_left_unclaimed_is_released_after_its_time() -> None:
     assert set(again) == stuck
 
 
+def test_the_last_pieces_are_spread_thin_over_the_peers() -> None:
+    """A peer is topped up to its share of what nobody has reported yet, never above."""
+    peers = 16
+    ss = SuperSeeder(256, 256 * 1024, rng=random.Random(3))
+    have: dict[str, set[int]] = {f"p{i}": set() for i in range(peers)}
+    for name in have:
+        ss.add_peer(name, _peer_has(have[name]), 0.0)
+    seen: set[int] = set()
+    thin = 0
+    for step in range(200):
+        if len(seen) == 256:
+            break
+        for name in have:
+            got = set(ss.offered(name))
+            have[name].update(got)  # fetched everything on offer, and says so
+            for i in got:
+                ss.note_have(i)
+            seen |= got
+            unseen = 256 - len(seen)
+            if ss.refresh(name, float(step)):
+                share = max(1, -(-unseen // peers))
+                assert len(ss.offered(name)) <= share
+                thin += share < 4
+    assert len(seen) == 256
+    assert thin > 0, "the end of the rotation was never reached"
+
+
 # -- a seeding Session, two peers over real sockets ------------------------------------
 
 
