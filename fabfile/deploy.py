@@ -1,15 +1,16 @@
 """``fab deploy`` and ``fab rollback``, and :func:`run_deploy` for programs (``invoke demo``).
 
-Order, as in Murder's deploy strategy: start tracker, stage, create torrent, start
-seeding, peers download in parallel, extract, stop seeding, stop tracker, clean temp
-files. Everything after the first remote step runs inside ``try/finally`` so teardown
-happens whatever fails, Ctrl-C included.
+Order, as in Murder's deploy strategy: start tracker (while the seeder stages and
+hashes), create torrent, start seeding, peers download in parallel, extract, stop
+seeding, stop tracker, clean temp files. Everything after the first remote step runs
+inside ``try/finally`` so teardown happens whatever fails, Ctrl-C included.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, Optional, TextIO
 
@@ -135,6 +136,12 @@ def _mark(report: DeployReport, started: float, stage: str) -> None:
     report.stages[stage] = round(time.monotonic() - started, 3)
 
 
+def _mark_done(job: Future[Any], report: DeployReport, started: float, stage: str) -> None:
+    """``_mark`` for a stage run in the background, when (and only if) it succeeded."""
+    if not job.cancelled() and job.exception() is None:
+        _mark(report, started, stage)
+
+
 def _preflight(
     conns: Connections, settings: Settings, report: DeployReport, pyz_hashes: dict[str, str]
 ) -> Optional[list[str]]:
@@ -208,17 +215,21 @@ def _deploy(
     drop_failed({h: o for h, o in installed.items() if h in live})
     _mark(report, started, "install")
 
-    tracker = start_tracker(conns, settings)
-    _mark(report, started, "tracker")
+    # The tracker starts while the seeder packs and hashes: nothing needs it running
+    # before the .torrent is handed to it, and its start is a round trip and a wait.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tracker_started = pool.submit(start_tracker, conns, settings)
+        tracker_started.add_done_callback(lambda f: _mark_done(f, report, started, "tracker"))
+        if settings.local_path is not None:
+            path_is_file = stage_local(conns, settings, settings.local_path)
+            source: Optional[str] = settings.local_path
+        else:
+            make_payload(conns, settings)
+            path_is_file, source = settings.path_is_file, settings.files_path
+        _mark(report, started, "payload")
+        info_hash = make_torrent(conns, settings)
+        tracker = tracker_started.result()
     print(f"tracker on {inv.tracker.name} ({tracker})", file=out)
-    if settings.local_path is not None:
-        path_is_file = stage_local(conns, settings, settings.local_path)
-        source: Optional[str] = settings.local_path
-    else:
-        make_payload(conns, settings)
-        path_is_file, source = settings.path_is_file, settings.files_path
-    _mark(report, started, "payload")
-    info_hash = make_torrent(conns, settings)
     local_torrent = download_torrent(conns, settings)
     meta = read_metainfo(local_torrent)
     report.info_hash, report.payload_bytes = info_hash, meta.total_length

@@ -74,7 +74,7 @@ def connect_error(exc: BaseException) -> str:
     """
     if isinstance(exc, NoValidConnectionsError) and exc.errors:
         reasons = sorted(
-            {f"{addr[0]}:{addr[1]}: {err.strerror or err}" for addr, err in exc.errors.items()}
+            {f"{a[0]}:{a[1]}: {getattr(e, 'strerror', None) or e}" for a, e in exc.errors.items()}
         )
         return f"ssh: cannot connect to {'; '.join(reasons)}"
     if isinstance(exc, TimeoutError) or "timed out" in str(exc):

@@ -28,16 +28,13 @@ def seed_argv(settings: Settings, ip: str) -> list[str]:
 def start_seeding(conns: Connections, settings: Settings) -> None:
     host = conns.inventory.seeder.name
     ip = conns.ip_of(host)
-    conns.run(host, stop_script([settings.pidfile("seeder")]))
-    conns.run(
-        host,
-        start_detached_script(
-            seed_argv(settings, ip),
-            workdir=settings.temp_path,
-            pidfile=settings.pidfile("seeder"),
-            output=f"{settings.temp_path}/seeder-{settings.require_tag()}.out",
-        ),
+    start = start_detached_script(
+        seed_argv(settings, ip),
+        workdir=settings.temp_path,
+        pidfile=settings.pidfile("seeder"),
+        output=f"{settings.temp_path}/seeder-{settings.require_tag()}.out",
     )
+    conns.run(host, stop_script([settings.pidfile("seeder")], then=start))
 
 
 def stop_seeding(conns: Connections, settings: Settings) -> None:

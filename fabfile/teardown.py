@@ -6,6 +6,7 @@ collected and returned for the report instead.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Sequence
 
 from fabfile.peers import stop_peering
@@ -53,9 +54,9 @@ def teardown(conns: Connections, settings: Settings, peers: Sequence[str]) -> Li
         except HostError as exc:
             problems.append(f"{host}: {step}: {exc.reason}")
 
-    # Peers first, tracker last: everyone can still announce "stopped" on the way out.
-    # A plain peer host is stopped and cleaned in one round trip; the tracker's and the
-    # seeder's hosts are cleaned once their services are down too.
+    # Peers and the seeder first, tracker last: everyone can still announce "stopped" on
+    # the way out. A plain peer host is stopped and cleaned in one round trip, the
+    # tracker's host too; the seeder's, once its services are down.
     infra = {inv.tracker.name, inv.seeder.name}
     targets = [h for h in peers if h in reached]
     clean = clean_script(settings)
@@ -63,15 +64,19 @@ def teardown(conns: Connections, settings: Settings, peers: Sequence[str]) -> Li
     def stop_peer(host: str) -> None:
         stop_peering(conns, settings, host, then="" if host in infra else clean)
 
-    outcomes = conns.map(targets, stop_peer, skip_failed=False)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        seeder_stopped = pool.submit(
+            attempt, inv.seeder.name, "stop_seeding", lambda: stop_seeding(conns, settings)
+        )
+        outcomes = conns.map(targets, stop_peer, skip_failed=False)
+        seeder_stopped.result()
     problems.extend(f"{o.host}: stop_peering: {o.error}" for o in outcomes.values() if not o.ok)
     # A host SSH cannot reach now will not answer the next step either: skip it rather
     # than wait out another timeout on it.
     gone = {o.host for o in outcomes.values() if not o.ok and str(o.error).startswith("ssh:")}
     reached -= gone
-    attempt(inv.seeder.name, "stop_seeding", lambda: stop_seeding(conns, settings))
-    attempt(inv.tracker.name, "stop_tracker", lambda: stop_tracker(conns, settings))
-    cleaned = {h for h, o in outcomes.items() if o.ok and h not in infra}
+    attempt(inv.tracker.name, "stop_tracker", lambda: stop_tracker(conns, settings, then=clean))
+    cleaned = {h for h, o in outcomes.items() if o.ok and h not in infra} | {inv.tracker.name}
     everyone = [h.name for h in inv.all_hosts if h.name in reached and h.name not in cleaned]
     outcomes = conns.map(
         everyone, lambda h: clean_temp_files(conns, settings, h), skip_failed=False

@@ -34,17 +34,15 @@ def start_tracker(conns: Connections, settings: Settings) -> str:
     """Start the tracker (stopping one left by an earlier run); returns ``ip:port``."""
     host = conns.inventory.tracker.name
     ip = conns.ip_of(host)
-    conns.run(host, stop_script([settings.pidfile("tracker")]))
-    conns.run(host, f"mkdir -p -m 700 {sh(settings.temp_path)} {sh(settings.allowed_dir)}")
-    conns.run(
-        host,
-        start_detached_script(
-            tracker_argv(settings, ip),
-            workdir=settings.temp_path,
-            pidfile=settings.pidfile("tracker"),
-            output=f"{settings.temp_path}/tracker.out",
-        ),
+    start = start_detached_script(
+        tracker_argv(settings, ip),
+        workdir=settings.temp_path,
+        pidfile=settings.pidfile("tracker"),
+        output=f"{settings.temp_path}/tracker.out",
     )
+    # One round trip: on a fleet far from the workstation each one costs a network RTT.
+    mkdir = f"mkdir -p -m 700 {sh(settings.temp_path)} {sh(settings.allowed_dir)} || exit 1"
+    conns.run(host, stop_script([settings.pidfile("tracker")], then=f"{mkdir}\n{start}"))
     return tracker_address(ip, settings.tracker_port)
 
 
@@ -52,5 +50,7 @@ def tracker_address(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def stop_tracker(conns: Connections, settings: Settings) -> None:
-    conns.run(conns.inventory.tracker.name, stop_script([settings.pidfile("tracker")]))
+def stop_tracker(conns: Connections, settings: Settings, then: str = "") -> None:
+    """Stop the tracker, then run ``then`` on its host in the same round trip."""
+    host = conns.inventory.tracker.name
+    conns.run(host, stop_script([settings.pidfile("tracker")], then=then))

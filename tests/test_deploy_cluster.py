@@ -143,16 +143,11 @@ def test_full_deploy_to_six_peers(env: Env) -> None:
     assert [h["host"] for h in data["hosts"]] == PEERS
     assert all(h["status"] == "ok" and h["mbps"] > 0 for h in data["hosts"])
     stages = data["stages"]  # where the time went: seconds from the start to each stage's end
-    assert sorted(stages, key=stages.get) == [
-        "preflight",
-        "install",
-        "tracker",
-        "payload",
-        "torrent",
-        "seeding",
-        "hosts",
-        "teardown",
-    ]
+    order = sorted(stages, key=stages.get)
+    # The tracker starts while the seeder packs and hashes: either may end first.
+    assert order[:2] == ["preflight", "install"]
+    assert sorted(order[2:4]) == ["payload", "tracker"]
+    assert order[4:] == ["torrent", "seeding", "hosts", "teardown"]
     assert 0 < stages["teardown"] <= data["seconds"]
     assert "hosts 6/6" in out.stderr  # the swarm bar ended on every host done
     for line in out.stdout.splitlines()[1:7]:
