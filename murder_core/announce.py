@@ -1,20 +1,19 @@
-"""Talking to the tracker: build announce URLs, parse replies, fetch with retries.
+"""Talking to the tracker: build announce URLs, parse replies, fetch them.
 
 The URL building and reply parsing are pure functions (tested without a network);
-``fetch`` does the blocking HTTP GET and is run in a worker thread by the client.
+``fetch_async`` does the GET on the client's event loop (``httpget``), and ``fetch`` is
+the blocking urllib version, used for https:// trackers and by tools.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-import secrets
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from . import bencoding
+from . import __version__, bencoding, httpget
 from .errors import BencodeError, MetainfoError, TrackerError
 from .values import PeerAddr
 
@@ -25,8 +24,7 @@ MAX_PEERS_PER_REPLY = 1000
 #: Random bytes in a deploy's auth token (hex-encoded in the URL: 32 characters).
 AUTH_TOKEN_BYTES = 16
 
-# Trackers are internal services: never send announces through an http_proxy from the env.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+USER_AGENT = f"murder/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,10 @@ def with_auth_token(announce: str, token: str | None = None) -> str:
             key="announce",
             value=announce,
         )
-    token = secrets.token_hex(AUTH_TOKEN_BYTES) if token is None else token
+    if token is None:
+        import secrets  # only make-torrent needs it: not on every peer's start
+
+        token = secrets.token_hex(AUTH_TOKEN_BYTES)
     if not token or not all(c.isalnum() or c in "-._~" for c in token):
         raise MetainfoError("auth token must be URL-safe characters only", key="announce")
     sep = "&" if parts.query else ("" if announce.endswith("?") else "?")
@@ -176,24 +177,59 @@ def parse_reply(body: bytes) -> AnnounceReply:
     )
 
 
-def fetch(url: str, timeout: float) -> AnnounceReply:
-    """One blocking announce; every failure is a TrackerError saying what happened."""
+async def fetch_async(url: str, timeout: float) -> AnnounceReply:
+    """One announce on the running loop; every failure is a TrackerError saying what."""
+    if not url.startswith("http://"):
+        return await asyncio.get_running_loop().run_in_executor(None, fetch, url, timeout)
     try:
-        with _opener.open(url, timeout=timeout) as resp:
+        body = await httpget.get(url, timeout, MAX_REPLY_BYTES, USER_AGENT)
+    except httpget.HttpStatus as exc:
+        raise _status_error(exc.code, exc.body) from None
+    except httpget.HttpProtocolError as exc:
+        raise TrackerError(f"tracker {_origin(url)} sent a bad reply: {exc}") from None
+    except (TimeoutError, asyncio.TimeoutError):  # the same class only from Python 3.11 on
+        raise TrackerError(
+            f"cannot reach tracker {_origin(url)}: no reply within {timeout:g} s"
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise TrackerError(f"cannot reach tracker {_origin(url)}: {reason}") from None
+    return _reply_of(body)
+
+
+def fetch(url: str, timeout: float) -> AnnounceReply:
+    """One blocking announce with urllib; every failure is a TrackerError saying what."""
+    import urllib.error
+    import urllib.request
+
+    # Trackers are internal services: never announce through an http_proxy from the env.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as resp:
             body = resp.read(MAX_REPLY_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        body = exc.read(MAX_REPLY_BYTES + 1)
-        try:
-            parse_reply(body)
-        except TrackerError as inner:
-            raise TrackerError(f"tracker answered HTTP {exc.code}: {inner}") from None
-        raise TrackerError(f"tracker answered HTTP {exc.code}") from None
+        raise _status_error(exc.code, exc.read(MAX_REPLY_BYTES + 1)) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackerError(f"cannot reach tracker {_origin(url)}: {reason}") from None
+    return _reply_of(body)
+
+
+def _reply_of(body: bytes) -> AnnounceReply:
     if len(body) > MAX_REPLY_BYTES:
         raise TrackerError(f"tracker reply exceeds {MAX_REPLY_BYTES} bytes")
     return parse_reply(body)
+
+
+def _status_error(code: int, body: bytes) -> TrackerError:
+    """A non-200 reply, with the tracker's failure reason when its body gives one."""
+    if not body.strip():
+        return TrackerError(f"tracker answered HTTP {code}")
+    try:
+        parse_reply(body)
+    except TrackerError as inner:
+        return TrackerError(f"tracker answered HTTP {code}: {inner}")
+    return TrackerError(f"tracker answered HTTP {code}")
 
 
 def _origin(url: str) -> str:

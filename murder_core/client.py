@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import time
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ def make_peer_id() -> bytes:
     # Azureus-style prefix so other clients (and our tracker's stats) can tell who we are.
     major, minor = ([*__version__.split("."), "0"])[:2]
     version = f"{int(major):02d}{int(minor):02d}-".encode()
-    return MURDER_PEER_ID_PREFIX + version + secrets.token_hex(6).encode()
+    return MURDER_PEER_ID_PREFIX + version + os.urandom(6).hex().encode()
 
 
 def open_storage(config: ClientConfig, meta: Metainfo, progress: Progress) -> Storage:
@@ -93,7 +92,7 @@ class Client:
         self.config = config
         self.meta = read_metainfo(config.torrent)
         self.peer_id = make_peer_id()
-        self.key = secrets.token_hex(4)
+        self.key = os.urandom(4).hex()
         self.progress = Progress(self.meta.name, quiet=config.quiet, every=config.status_every)
         self.storage = open_storage(config, self.meta, self.progress)
         self.session = Session(
@@ -156,9 +155,7 @@ class Client:
         )
 
     async def _announce_once(self, event: str, timeout: float) -> announce.AnnounceReply:
-        loop = asyncio.get_running_loop()
-        url = self._announce_url(event)
-        return await loop.run_in_executor(None, announce.fetch, url, timeout)
+        return await announce.fetch_async(self._announce_url(event), timeout)
 
     async def _announcer(self) -> None:
         """Announce ``started``, then on the tracker's interval; retry with backoff."""

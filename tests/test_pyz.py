@@ -117,3 +117,38 @@ def test_pyz_bytecode_is_used_and_names_no_build_paths(pyz: Path) -> None:
 
     code = zipimport.zipimporter(f"{pyz}/murder_core/").get_code("session")
     assert code.co_filename == "murder_core/session.py"
+
+
+_SILENT_TRACKER = """
+import asyncio, sys
+from murder_core import announce
+from murder_core.errors import TrackerError
+
+async def main():
+    async def silent(reader, writer):
+        await asyncio.sleep(5)
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await announce.fetch_async("http://127.0.0.1:%d/announce" % port, 0.3)
+    except TrackerError as exc:
+        print(exc)
+    finally:
+        server.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("base", _interpreters())
+def test_a_silent_tracker_is_a_tracker_error_on_every_python(base: str, pyz: Path) -> None:
+    """Before 3.11 asyncio's timeout is not the builtin TimeoutError: it must still be
+    reported as an unreachable tracker, not escape the announcer."""
+    out = subprocess.run(
+        [base, "-I", "-c", f"import sys; sys.path.insert(0, {str(pyz)!r})\n{_SILENT_TRACKER}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "cannot reach tracker" in out.stdout and "no reply within 0.3 s" in out.stdout
