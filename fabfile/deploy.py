@@ -236,7 +236,7 @@ def _deploy(
     publish_torrent(conns, settings, local_torrent)
     drop_failed(upload_torrents(conns, settings, local_torrent, list(live)))
     _mark(report, started, "torrent")
-    start_seeding(conns, settings)
+    start_seeding(conns, settings, lazy_check=True)  # make_torrent hashed it just now
     _mark(report, started, "seeding")
     print(f"seeding {meta.total_length / MB:.1f} MB from {inv.seeder.name}", file=out)
 

@@ -6,7 +6,11 @@ from fabfile.remote import Connections, sh, start_detached_script, stop_script
 from fabfile.settings import Settings
 
 
-def seed_argv(settings: Settings, ip: str) -> list[str]:
+def seed_argv(settings: Settings, ip: str, *, lazy_check: bool = False) -> list[str]:
+    """``lazy_check`` when the torrent was made from this very file moments ago (``fab
+    deploy``): the seeder then checks each piece as it first serves it instead of the
+    whole payload again before it starts. ``fab murder.start_seeding`` may come long
+    after ``create_torrent``, so it checks everything first."""
     return [
         settings.python,
         settings.pyz_remote,
@@ -22,14 +26,15 @@ def seed_argv(settings: Settings, ip: str) -> list[str]:
         "--logfile",
         settings.logfile("seeder"),
         "--quiet",
+        *(["--lazy-check"] if lazy_check else []),
     ]
 
 
-def start_seeding(conns: Connections, settings: Settings) -> None:
+def start_seeding(conns: Connections, settings: Settings, *, lazy_check: bool = False) -> None:
     host = conns.inventory.seeder.name
     ip = conns.ip_of(host)
     start = start_detached_script(
-        seed_argv(settings, ip),
+        seed_argv(settings, ip, lazy_check=lazy_check),
         workdir=settings.temp_path,
         pidfile=settings.pidfile("seeder"),
         output=f"{settings.temp_path}/seeder-{settings.require_tag()}.out",

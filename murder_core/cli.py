@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a complete, verified payload until SIGTERM/SIGINT.",
     )
     _add_client_args(s)
+    s.add_argument(
+        "--lazy-check",
+        action="store_true",
+        help="start serving at once and check each piece against the torrent the first "
+        "time it is uploaded, instead of checking the whole payload first; a piece that "
+        "fails stops the seeder (exit 3). For a payload the torrent was just made from",
+    )
     s.set_defaults(func=cmd_client, mode="seed")
 
     p = sub.add_parser(
@@ -255,6 +262,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         timeout=getattr(args, "timeout", 0.0),
         tracker_timeout=args.tracker_timeout,
         quiet=args.quiet,
+        lazy_check=getattr(args, "lazy_check", False),
     )
 
     def work(notify: Callable[[], None] | None) -> int:

@@ -44,6 +44,7 @@ class ClientConfig:
     announce_timeout: float = 10.0
     status_every: float = 5.0
     quiet: bool = False
+    lazy_check: bool = False  # seed: hash each piece on its first upload, not all at start
 
 
 def make_peer_id() -> bytes:
@@ -57,6 +58,9 @@ def open_storage(config: ClientConfig, meta: Metainfo, progress: Progress) -> St
     """Open the payload; verify what is already on disk so a restart only fetches the rest."""
     if config.mode == "seed":
         storage = Storage.for_seed(meta, config.path)
+        if config.lazy_check:
+            storage.assume_complete()
+            return storage
         progress.phase("checking", meta.total_length)
         good = storage.verify_all(progress.advance)
         progress.end_phase()
@@ -103,6 +107,7 @@ class Client:
                 max_upload_rate=config.max_upload_rate, max_download_rate=config.max_download_rate
             ),
             on_complete=self._on_pieces_complete,
+            on_fatal=self._fail,
         )
         self._user_on_complete = on_complete
         self.port = 0

@@ -63,6 +63,10 @@ class StorageError(MurderError):
     exit_code = 3
 
 
+class PayloadMismatchError(StorageError):
+    """A seeder's payload fails the torrent's hashes: it must not serve it at all."""
+
+
 class TrackerError(MurderError):
     """The tracker refused us, answered garbage, or could not be reached."""
 

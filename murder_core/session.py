@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import StorageError
+from .errors import MurderError, PayloadMismatchError, StorageError
 from .hashing import PieceHasher
 from .metainfo import Metainfo
 from .peer import PeerLink
@@ -75,6 +75,7 @@ class Session:
         config: SessionConfig,
         *,
         on_complete: Callable[[], None] | None = None,
+        on_fatal: Callable[[MurderError], None] | None = None,
     ) -> None:
         self.meta = meta
         self.info_hash = meta.info_hash.raw
@@ -83,6 +84,7 @@ class Session:
         self.storage = storage
         self.config = config
         self.on_complete = on_complete
+        self.on_fatal = on_fatal  # errors that end the whole run, not one link
         self.picker = PiecePicker(
             meta.num_pieces, meta.piece_length, meta.total_length, block_size=REQUEST_UNIT
         )
@@ -368,6 +370,11 @@ class Session:
             index, begin, length = link.uploads.popleft()
             try:
                 link.send_piece(self.storage, index, begin, length)
+            except PayloadMismatchError as exc:
+                self.drop(link, f"cannot serve block: {exc}")
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+                return
             except StorageError as exc:
                 self.drop(link, f"cannot serve block: {exc}")
                 return

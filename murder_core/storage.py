@@ -21,7 +21,7 @@ import pathlib
 import threading
 from typing import Callable, Optional
 
-from .errors import StorageError
+from .errors import PayloadMismatchError, StorageError
 from .metainfo import Metainfo
 from .payload_files import (
     PayloadFile,
@@ -66,6 +66,7 @@ class Storage:
         self._have = bytearray(meta.num_pieces)
         self._bits = bytearray((meta.num_pieces + 7) // 8)
         self._have_count = 0
+        self._unchecked: bytearray | None = None  # see assume_complete
         self._flusher: threading.Thread | None = None
 
     # -- opening ----------------------------------------------------------------------
@@ -236,6 +237,12 @@ class Storage:
         if length > MAX_READ:
             raise StorageError(f"read of {length} bytes is over the cap of {MAX_READ} bytes")
         self._check_range(index, begin, length, "read")
+        if self._unchecked is not None and self._unchecked[index]:
+            if not self.check_piece(index):
+                raise PayloadMismatchError(
+                    f"{self._root} does not match the torrent: piece {index} fails its SHA-1 check"
+                )
+            self._unchecked[index] = 0
 
     def verify_piece(self, index: int) -> bool:
         """Read the piece back and check its SHA-1; marks it verified on success."""
@@ -276,6 +283,19 @@ class Storage:
         """Mark piece ``index`` as verified or not, after ``check_piece``."""
         self._check_open()
         self._mark(index, good)
+
+    def assume_complete(self) -> None:
+        """Take every piece as good now and hash each the first time it is read.
+
+        For a seeder whose payload was hashed into the torrent moments ago: checking
+        it all again before serving would keep a whole deploy waiting (a second at
+        1 GB/s per GB). Nothing unchecked ever leaves: a piece that fails its hash
+        raises PayloadMismatchError on that first read.
+        """
+        self._check_open()
+        for index in range(len(self._have)):
+            self._mark(index, True)
+        self._unchecked = bytearray(b"\x01" * len(self._have))
 
     def verify_all(self, progress: Optional[Callable[[int], None]] = None) -> int:
         """Hash-check every piece on disk; returns how many are good.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import need
 
-from murder_core.errors import StorageError
+from murder_core.errors import PayloadMismatchError, StorageError
 from murder_core.metainfo import Metainfo, make_metainfo
 from murder_core.storage import MAX_READ, Storage
 
@@ -155,6 +155,25 @@ def test_upload_extents_name_the_bytes_of_a_verified_block_across_files(tmp_path
         assert got == data[PIECE + 9000 : PIECE + 29000]
         with pytest.raises(StorageError, match="over the cap"):
             storage.upload_extents(0, 0, MAX_READ + 1)
+
+
+def test_assume_complete_checks_each_piece_on_its_first_read(tmp_path: Path) -> None:
+    meta, data = multi(tmp_path)
+    src = tmp_path / "src" / "release"
+    last_file = [f for f in meta.files if f.length][-1]  # its last byte is in the last piece
+    victim = src.joinpath(*last_file.path)
+    with Storage.for_seed(meta, src) as storage:
+        storage.assume_complete()
+        assert storage.complete and storage.have_count == meta.num_pieces
+        assert storage.read_frame(b"", 0, 0, 10) == data[:10]
+        # Change the payload's last byte: piece 0 was checked already, the last one not.
+        raw = bytearray(victim.read_bytes())
+        raw[-1] ^= 0xFF
+        victim.write_bytes(bytes(raw))
+        assert storage.read_frame(b"", 0, 0, 10) == data[:10]  # checked once is enough
+        last = meta.num_pieces - 1
+        with pytest.raises(PayloadMismatchError, match=f"piece {last} fails its SHA-1"):
+            storage.upload_extents(last, 0, 1)
 
 
 def test_read_block_spans_files_and_matches_payload(tmp_path: Path) -> None:

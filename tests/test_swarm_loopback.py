@@ -126,3 +126,30 @@ def test_peer_serving_corrupt_blocks_is_banned_and_not_redialled(tmp_path: Path)
             - bad_log.read_text().count("connection closed")
             == 1
         ), bad_log.read_text()
+
+
+def test_a_lazy_checking_seeder_serves_good_data_and_stops_on_bad(tmp_path: Path) -> None:
+    """--lazy-check skips the check at start; a piece that fails its hash when first
+    asked for stops the seeder with exit 3 before any of it leaves."""
+    payload = make_payload(tmp_path / "release.bin", 6 * 1024 * 1024)
+    with LocalSwarm(tmp_path / "good", payload) as sw:
+        sw.start_tracker()
+        sw.make_torrent(piece_size=256 * 1024)
+        sw.start_seeder("--lazy-check")
+        sw.start_peer("p1", tmp_path / "p1" / "release.bin", "--linger", "0")
+        assert sw.wait(["p1"], timeout=120) == {"p1": 0}, sw.log("p1")
+        assert sha256(tmp_path / "p1" / "release.bin") == sha256(payload)
+        assert sw.stop("seeder") == 0
+    with LocalSwarm(tmp_path / "bad", payload) as sw:
+        sw.start_tracker()
+        sw.make_torrent(piece_size=256 * 1024)
+        with open(payload, "r+b") as fh:  # the payload changes after the torrent was made
+            fh.seek(3 * 256 * 1024 + 5)
+            fh.write(b"\xff" if fh.read(1) != b"\xff" else b"\x00")
+        sw.start_seeder("--lazy-check")
+        sw.start_peer("p2", tmp_path / "p2" / "release.bin", "--timeout", "60")
+        codes = sw.wait(["seeder"], timeout=60)
+        assert codes == {"seeder": 3}, sw.log("seeder")
+        assert "piece 3 fails its SHA-1 check" in sw.log("seeder")
+        assert sw.stop("p2") is not None
+    assert not (tmp_path / "p2" / "release.bin").exists()
