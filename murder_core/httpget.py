@@ -54,9 +54,9 @@ async def _get(url: str, limit: int, user_agent: str) -> bytes:
         )
         head = await _read_head(reader)
         code, length = _parse_head(head)
-        if length is not None and length > limit:
-            raise HttpProtocolError(f"reply of {length} bytes is over {limit}")
         if length is not None:
+            if length > limit:
+                raise HttpProtocolError(f"reply of {length} bytes is over {limit}")
             body = await _read_exactly(reader, length)
         else:
             body = b""

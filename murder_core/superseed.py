@@ -59,9 +59,14 @@ class SuperSeeder:
     @property
     def per_peer(self) -> int:
         """Pieces each peer may hold on offer now."""
-        share = OFFER_BYTES // max(SHARES_AT_LEAST, len(self._offered)) // self.piece_length
-        # Small torrents are spread thin so every early peer gets pieces of its own.
-        return max(1, min(share, self.num_pieces // 8))
+        peers = len(self._offered)
+        share = OFFER_BYTES // max(SHARES_AT_LEAST, peers) // self.piece_length
+        # Small torrents are spread thin so every early peer gets pieces of its own. The
+        # last pieces out are the last the swarm can finish, and each travels at its
+        # peer's share of a busy downlink: no peer holds more than its share of what
+        # nobody has reported yet (one or two each at the end, not four to a few peers).
+        unseen_share = -(-(self.num_pieces - self._seen_count) // max(1, peers))
+        return max(1, min(share, self.num_pieces // 8, unseen_share))
 
     @property
     def first_round_done(self) -> bool:
@@ -120,11 +125,6 @@ class SuperSeeder:
         new: list[int] = []
         tried = 0
         limit = self.per_peer
-        # The last pieces out are the last the swarm can finish, and each travels at its
-        # peer's share of a busy downlink: spread them one or two per peer, not four to a
-        # few peers while the rest have nothing from us.
-        unseen = self.num_pieces - self._seen_count
-        limit = min(limit, max(1, -(-unseen // len(self._offered))))
         while len(offers) < limit and tried < self.num_pieces:
             holding_back = self._rounds > 0 and not self.all_seen
             if holding_back and not self._free:

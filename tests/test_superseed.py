@@ -6,10 +6,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from wirepeer import PIECE, WAIT, next_message, small_torrent
+from wirepeer import PIECE, next_message, serve_session, small_torrent
 
 from murder_core.metainfo import BLOCK_SIZE
-from murder_core.peer import PeerLink
 from murder_core.session import Session, SessionConfig
 from murder_core.storage import Storage
 from murder_core.superseed import OFFER_BYTES, OFFER_TTL, SHARES_AT_LEAST, SuperSeeder
@@ -227,23 +226,11 @@ def test_once_every_piece_left_the_seed_it_shows_each_peer_all_it_lacks(tmp_path
         finally:
             writer.close()
 
-    async def main() -> list[PeerConnection]:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: PeerLink(session, None, False), host="127.0.0.1", port=0
-        )
-        port = server.sockets[0].getsockname()[1]
-        try:
-            return await asyncio.wait_for(
-                asyncio.gather(*(peer(port, pid) for pid in fetched)), 3 * WAIT
-            )
-        finally:
-            session.close_all()
-            server.close()
-            await server.wait_closed()
+    async def both(port: int) -> list[PeerConnection]:
+        return await asyncio.gather(*(peer(port, pid) for pid in fetched))
 
     try:
-        conns = asyncio.run(main())
+        conns = serve_session(session, both)
     finally:
         storage.close()
     a, b = fetched.values()

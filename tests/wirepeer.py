@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, TypeVar
 
 from murder_core.metainfo import BLOCK_SIZE, Metainfo, write_torrent
 from murder_core.peer import PeerLink
@@ -35,25 +35,38 @@ Scenario = Callable[
 ]
 
 
-def run_session(session: Session, scenario: Scenario) -> None:
-    """Serve ``session`` on 127.0.0.1 and run ``scenario`` against it as the remote peer."""
+T = TypeVar("T")
 
-    async def main() -> None:
+
+def serve_session(session: Session, body: Callable[[int], Coroutine[Any, Any, T]]) -> T:
+    """Serve ``session`` on 127.0.0.1 and run ``body(port)``; closes everything after."""
+
+    async def main() -> T:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: PeerLink(session, None, False), host="127.0.0.1", port=0
         )
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            await asyncio.wait_for(scenario(session, reader, writer), 3 * WAIT)
+            return await asyncio.wait_for(body(server.sockets[0].getsockname()[1]), 3 * WAIT)
         finally:
-            writer.close()
             session.close_all()
             server.close()
             await server.wait_closed()
 
-    asyncio.run(main())
+    return asyncio.run(main())
+
+
+def run_session(session: Session, scenario: Scenario) -> None:
+    """Serve ``session`` on 127.0.0.1 and run ``scenario`` against it as the remote peer."""
+
+    async def connect(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await scenario(session, reader, writer)
+        finally:
+            writer.close()
+
+    serve_session(session, connect)
 
 
 async def next_message(conn: PeerConnection, reader: asyncio.StreamReader) -> m.Message:
