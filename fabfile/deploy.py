@@ -24,7 +24,7 @@ from fabfile.inventory import load_inventory
 from fabfile.peers import download, upload_torrents
 from fabfile.progress import SwarmProgress, fetch_direct, fetch_over_ssh
 from fabfile.release import hosts_with_release, install_release, payload_name, rollback_all
-from fabfile.remote import Connections, Outcome
+from fabfile.remote import Connections, HostError, Outcome
 from fabfile.report import OK, DeployReport, format_table
 from fabfile.seed import start_seeding
 from fabfile.settings import Settings, settings_from_config
@@ -38,6 +38,7 @@ from fabfile.torrent import (
     stats_path,
 )
 from fabfile.tracker import start_tracker
+from fabfile.watch import SeederWatch
 from murder_core.errors import DeployError, MurderError
 from murder_core.metainfo import read_metainfo
 
@@ -261,16 +262,36 @@ def _deploy(
     bar.start()
     file_name = payload_name(settings, source)
 
+    def bytes_done() -> Optional[int]:
+        snap = bar.poll()
+        return None if snap is None else snap.bytes_done
+
+    watch = SeederWatch(conns, settings, bytes_done)
+
     def deploy_host(host: str) -> Optional[float]:
         begun = time.monotonic()
-        fetched = download(conns, settings, host)
+        watch.begin(host)
+        try:
+            fetched = download(conns, settings, host)
+        except HostError:
+            if watch.verdict is not None:
+                raise HostError(host, f"murder peer stopped: {watch.verdict}") from None
+            raise
+        finally:
+            watch.end(host)
         seconds = time.monotonic() - begun if fetched else None
         install_release(conns, host, settings, path_is_file=path_is_file, file_name=file_name)
         return seconds
 
-    outcomes = conns.map(list(live), deploy_host)
+    watch.start()
+    try:
+        outcomes = conns.map(list(live), deploy_host)
+    finally:
+        watch.stop()
     _mark(report, started, "hosts")
     bar.stop()
+    if watch.verdict is not None:
+        report.error = watch.verdict
     for name, outcome in outcomes.items():
         row = report.host(name)
         if outcome.ok:

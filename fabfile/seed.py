@@ -30,6 +30,11 @@ def seed_argv(settings: Settings, ip: str, *, lazy_check: bool = False) -> list[
     ]
 
 
+def seeder_output(settings: Settings) -> str:
+    """Where the detached seeder's stdout and stderr go (its error line ends up here)."""
+    return f"{settings.temp_path}/seeder-{settings.require_tag()}.out"
+
+
 def start_seeding(conns: Connections, settings: Settings, *, lazy_check: bool = False) -> None:
     host = conns.inventory.seeder.name
     ip = conns.ip_of(host)
@@ -37,7 +42,7 @@ def start_seeding(conns: Connections, settings: Settings, *, lazy_check: bool = 
         seed_argv(settings, ip, lazy_check=lazy_check),
         workdir=settings.temp_path,
         pidfile=settings.pidfile("seeder"),
-        output=f"{settings.temp_path}/seeder-{settings.require_tag()}.out",
+        output=seeder_output(settings),
     )
     conns.run(host, stop_script([settings.pidfile("seeder")], then=start))
 

@@ -42,6 +42,9 @@ DEFAULTS: Dict[str, Any] = {
     "command_timeout": 300,
     "peer_timeout": 1800,
     "linger": 600,
+    # Once the seeder is gone, how long the swarm may move no byte before the peers
+    # still downloading are stopped (instead of each waiting out peer_timeout).
+    "stall_timeout": 30,
     "progress": True,
     "stats_interval": 1.0,
     "json": None,
@@ -60,6 +63,7 @@ _INT_KEYS = {
     "command_timeout": (1, 86_400),
     "peer_timeout": (1, 86_400),
     "linger": (0, 86_400),
+    "stall_timeout": (1, 86_400),
 }
 _BOOL_KEYS = (
     "path_is_file",
@@ -145,6 +149,7 @@ class Settings:
     command_timeout: int = DEFAULTS["command_timeout"]
     peer_timeout: int = DEFAULTS["peer_timeout"]
     linger: int = DEFAULTS["linger"]
+    stall_timeout: int = DEFAULTS["stall_timeout"]
     progress: bool = True
     stats_interval: float = DEFAULTS["stats_interval"]
     json: Optional[str] = None

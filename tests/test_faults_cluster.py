@@ -444,6 +444,38 @@ def test_3_the_seeder_killed_once_the_peers_hold_a_full_copy(
     assert "seeding" in done.stderr and done.report["teardown_problems"] == []
 
 
+def test_3b_the_seeder_killed_before_every_piece_left_it(
+    env: Env, net: Callable[[str, str], None], running: List[Any]
+) -> None:
+    """SIGKILL of the seeder while some piece exists nowhere else: the swarm cannot
+    finish, and the deploy must say so once it stalls (stall_timeout), not after every
+    peer waited out its peer_timeout."""
+    release = make_release(env.work / "rel-f3b", 33)
+    before = env.currents()
+    for host in PEERS:
+        net(host, SLOW)
+    deploy = env.deploy("f3b", release, stall_timeout="5")
+    running.append(deploy)
+
+    def first_pieces_only() -> Optional[int]:
+        held = [verified_pieces(env, h, "f3b") for h in PEERS]
+        union = set().union(*[h for h in held if h is not None])
+        if not union:
+            return None
+        assert len(union) < num_pieces(env, "f3b"), "every piece left the seeder already"
+        return env.pid_from("h1", "seeder-f3b.pid", "seed")
+
+    seeder = deploy.until("the first verified piece", first_pieces_only)
+    os.kill(seeder, signal.SIGKILL)
+    killed = time.monotonic() - deploy.started
+    done = deploy.finish()
+    verdict = r"the seeder on h1 exited \(.*\) and the swarm moved no byte for 5s"
+    check(env, done, "f3b", release, before, failed={h: verdict for h in PEERS})
+    assert re.search(verdict, done.report["error"]), done
+    # Without the watch every peer waits PEER_TIMEOUT (60 s) before it gives up.
+    assert done.seconds - killed < PEER_TIMEOUT / 2, done
+
+
 def test_4_the_tracker_killed_and_restarted_mid_transfer(
     env: Env, net: Callable[[str, str], None], running: List[Any]
 ) -> None:

@@ -1,0 +1,154 @@
+"""Watch the seeder during ``fab deploy``'s swarm, so a dead seeder cannot stall it for long.
+
+The peers only give up after ``peer_timeout`` (30 minutes by default). A seeder that
+exits early (its payload failed a check, it crashed, someone killed it) would leave
+the whole deploy waiting that long. Its death alone is no reason to stop: once every
+piece has left it, the peers finish from each other. So the verdict is "the seeder
+is gone *and* the swarm has moved no byte for ``stall_timeout`` seconds"; then the
+peers still downloading are stopped and their hosts fail with the seeder's last words.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Optional, Set
+
+from fabfile.peers import stop_peering
+from fabfile.remote import Connections, HostError, sh
+from fabfile.seed import seeder_output
+from fabfile.settings import Settings
+
+#: Seconds between looks at the seeder's process (one SSH exec on its host each).
+CHECK_INTERVAL = 2.0
+_ALIVE = "alive"
+
+
+def check_script(settings: Settings) -> str:
+    """Print ``alive``, or the last line the seeder wrote before it went.
+
+    Alive means the pidfile names a process whose command line names murder.pyz, the
+    same test teardown's stop uses, so a recycled pid does not count.
+    """
+    pidfile, out = sh(settings.pidfile("seeder")), sh(seeder_output(settings))
+    return "\n".join(
+        [
+            f"pid=$(head -c 32 {pidfile} 2>/dev/null | tr -dc 0-9)",
+            'if [ -n "$pid" ] && grep -q murder.pyz "/proc/$pid/cmdline" 2>/dev/null; then',
+            f"  echo {_ALIVE}; exit 0",
+            "fi",
+            f"tail -n 20 {out} 2>/dev/null | grep -v '^[[:space:]]*$' | tail -n 1",
+            "exit 0",
+        ]
+    )
+
+
+class StallJudge:
+    """Decides, from the seeder's liveness and the swarm's progress, when to give up.
+
+    Pure bookkeeping over the times it is given, so its rule can be tested exactly.
+    """
+
+    def __init__(self, stall_timeout: float) -> None:
+        self.stall_timeout = stall_timeout
+        self.gone_since: Optional[float] = None
+        self.last_words = ""
+        self._best = -1
+        self._moved_at = 0.0
+
+    def seeder_gone(self, now: float, last_words: str) -> None:
+        if self.gone_since is None:
+            self.gone_since = now
+            self._moved_at = now
+            self.last_words = last_words
+
+    def progress(self, now: float, bytes_done: Optional[int]) -> bool:
+        """Record the swarm's total (None: the tracker did not answer); True means give up.
+
+        Only a total above the best seen so far counts as movement: a tracker that
+        restarts and reports less must not look like progress.
+        """
+        if bytes_done is not None and bytes_done > self._best:
+            self._best = bytes_done
+            if self.gone_since is not None:
+                self._moved_at = now
+        if self.gone_since is None:
+            return False
+        return now - self._moved_at >= self.stall_timeout
+
+
+class SeederWatch:
+    """A background thread applying :class:`StallJudge` during the swarm; stop() joins it.
+
+    ``progress`` returns the swarm's bytes done from the tracker (None when unknown);
+    ``downloading`` is the set of hosts still in their download, kept by the caller.
+    """
+
+    def __init__(
+        self,
+        conns: Connections,
+        settings: Settings,
+        progress: Callable[[], Optional[int]],
+        *,
+        interval: float = CHECK_INTERVAL,
+    ) -> None:
+        self.conns = conns
+        self.settings = settings
+        self.progress = progress
+        self.interval = interval
+        self.judge = StallJudge(settings.stall_timeout)
+        self.downloading: Set[str] = set()
+        self.verdict: Optional[str] = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="murder-seeder-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.command_timeout + 10)
+            self._thread = None
+
+    def begin(self, host: str) -> None:
+        with self._lock:
+            self.downloading.add(host)
+
+    def end(self, host: str) -> None:
+        with self._lock:
+            self.downloading.discard(host)
+
+    def _seeder_alive(self) -> tuple[bool, str]:
+        host = self.conns.inventory.seeder.name
+        try:
+            out = str(self.conns.run(host, check_script(self.settings)).stdout).strip()
+        except HostError as exc:
+            # An SSH hiccup is not a verdict on the seeder; the next look may work.
+            return True, exc.reason
+        return out == _ALIVE, out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            if self.judge.gone_since is None:
+                alive, words = self._seeder_alive()
+                if alive:
+                    continue
+                self.judge.seeder_gone(now, words)
+            if self.judge.progress(time.monotonic(), self.progress()):
+                self._give_up()
+                return
+
+    def _give_up(self) -> None:
+        seeder = self.conns.inventory.seeder.name
+        words = self.judge.last_words or "no error in its output"
+        self.verdict = (
+            f"the seeder on {seeder} exited ({words}) and the swarm moved no byte for "
+            f"{self.settings.stall_timeout}s after it"
+        )
+        with self._lock:
+            hosts = sorted(self.downloading)
+        self.conns.map(hosts, lambda h: stop_peering(self.conns, self.settings, h))
