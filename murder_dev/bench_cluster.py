@@ -260,7 +260,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs: list[MethodRun] = []
     print(
         f"bench: {max(counts) + 1} hosts at {args.rate}, {args.size_mb} MiB, N in {counts}; "
-        f"fab deploy with compress={'on' if args.fab_gzip else 'off'}",
+        f"fab deploy with compress={'on' if args.fab_gzip else 'off'} and murder.pyz "
+        "installed beforehand (fab murder.distribute_files, not timed)",
         flush=True,
     )
     info = cluster.up(max(counts) + 1, args.rate, workdir, prefix=args.prefix, subnet=args.subnet)
