@@ -107,6 +107,8 @@ def test_pyz_holds_no_source_tree_paths(pyz: Path) -> None:
     # Bytecode beside every module, where zipimport looks, so no start compiles anything.
     sources = {n[:-3] for n in names if n.endswith(".py")}
     assert sources == {n[:-4] for n in names if n.endswith(".pyc")}
+    # Stored, not deflated: each start would inflate every module it imports.
+    assert {i.compress_type for i in zipfile.ZipFile(pyz).infolist()} == {zipfile.ZIP_STORED}
     assert sys.version_info >= (3, 9)
 
 
@@ -152,3 +154,72 @@ def test_a_silent_tracker_is_a_tracker_error_on_every_python(base: str, pyz: Pat
     )
     assert out.returncode == 0, out.stderr
     assert "cannot reach tracker" in out.stdout and "no reply within 0.3 s" in out.stdout
+
+
+_PEER_IMPORTS_THEN_HTTPS = """
+import socket, ssl as _probe, sys, threading
+del sys.modules["ssl"]  # only to prove the peer's imports do not bring it back
+from murder_core import cli
+cli._import_asyncio_without_ssl()
+import murder_core.client
+print("ssl after the peer's imports:", "ssl" in sys.modules)
+from murder_core.announce import fetch
+from murder_core.errors import TrackerError
+try:
+    fetch("https://127.0.0.1:%s/announce" % sys.argv[1], 10)
+except TrackerError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("base", _interpreters())
+def test_peer_start_skips_ssl_and_https_trackers_still_work(
+    base: str, pyz: Path, tmp_path: Path
+) -> None:
+    """A peer imports asyncio without ssl (10 ms of every start); an https announce later
+    imports ssl after all and really speaks TLS: our self-signed tracker is refused for
+    its certificate, not for a missing module."""
+    import socket
+    import ssl
+    import threading
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+    handshakes: list[str] = []
+
+    def serve() -> None:
+        try:
+            raw, _ = listener.accept()
+        except OSError:
+            return
+        try:
+            with context.wrap_socket(raw, server_side=True):
+                handshakes.append("completed")
+        except (ssl.SSLError, OSError) as exc:  # the client refuses our certificate
+            handshakes.append(type(exc).__name__)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        script = f"import sys; sys.path.insert(0, {str(pyz)!r})\n{_PEER_IMPORTS_THEN_HTTPS}"
+        port = str(listener.getsockname()[1])
+        out = subprocess.run(
+            [base, "-I", "-c", script, port], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        server.join(30)
+        listener.close()
+    assert out.returncode == 0, out.stderr
+    assert "ssl after the peer's imports: False" in out.stdout, out.stdout
+    assert "CERTIFICATE_VERIFY_FAILED" in out.stdout, out.stdout
+    assert handshakes and handshakes[0] != "completed", handshakes
