@@ -157,8 +157,8 @@ def test_a_silent_tracker_is_a_tracker_error_on_every_python(base: str, pyz: Pat
 
 
 _PEER_IMPORTS_THEN_HTTPS = """
-import socket, ssl as _probe, sys, threading
-del sys.modules["ssl"]  # only to prove the peer's imports do not bring it back
+import sys
+assert "ssl" not in sys.modules
 from murder_core import cli
 cli._import_asyncio_without_ssl()
 import murder_core.client
@@ -185,8 +185,10 @@ def test_peer_start_skips_ssl_and_https_trackers_still_work(
 
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
         check=True,
         capture_output=True,
         timeout=60,
