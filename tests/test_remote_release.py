@@ -258,3 +258,37 @@ def test_install_extracts_switches_and_prunes_in_one_process(tmp_path: Path) -> 
     again = helper("install", str(tmp_path / "v1.tgz"), str(dest), "v3", "tar", "", "0", "2")
     assert again.returncode == rr.EXIT_REFUSED, again
     assert os.readlink(dest / "current") == "releases/v3"
+
+
+def _host_pythons() -> list[str]:
+    """python3 here, and 3.9 (the oldest a host may have) where pyenv provides one."""
+    found = [sys.executable]
+    old = Path("/root/.pyenv/versions/3.9.18/bin/python3.9")
+    if old.exists():
+        found.append(str(old))
+    return found
+
+
+@pytest.mark.parametrize("python", _host_pythons())
+def test_install_runs_on_every_host_python_without_importing_typing(
+    python: str, tmp_path: Path
+) -> None:
+    """Each install starts this script on every host at once; typing alone was a
+    quarter of its start-up, so it stays out of the imports (and 3.9 still runs it)."""
+    payload = tmp_path / "p.tgz"
+    _tar(payload, {"bin/app.sh": b"#!/bin/sh\n", "conf/a.ini": b"x=1\n"})
+    dest = tmp_path / "dest"
+    run = subprocess.run(
+        [
+            *(python, "-X", "importtime", "-c", helper_source()),
+            *("install", str(payload), str(dest), "v1", "tar", "p.tgz", "0", "5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (dest / "releases" / "v1" / "conf" / "a.ini").read_bytes() == b"x=1\n"
+    assert os.readlink(dest / "current") == "releases/v1"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()}
+    assert "tarfile" in imported and "typing" not in imported
