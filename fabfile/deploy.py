@@ -270,7 +270,8 @@ def _deploy(
 
     def deploy_host(host: str) -> Optional[float]:
         begun = time.monotonic()
-        watch.begin(host)
+        if not watch.begin(host):
+            raise HostError(host, f"murder peer not started: {watch.verdict}")
         try:
             fetched = download(conns, settings, host)
         except HostError:

@@ -80,8 +80,9 @@ class StallJudge:
 class SeederWatch:
     """A background thread applying :class:`StallJudge` during the swarm; stop() joins it.
 
-    ``progress`` returns the swarm's bytes done from the tracker (None when unknown);
-    ``downloading`` is the set of hosts still in their download, kept by the caller.
+    ``progress`` returns the swarm's bytes done from the tracker (None when unknown).
+    ``downloading`` holds the hosts between begin() and end(); once the verdict is in,
+    they are stopped every round and begin() turns new ones away.
     """
 
     def __init__(
@@ -113,9 +114,13 @@ class SeederWatch:
             self._thread.join(timeout=self.settings.command_timeout + 10)
             self._thread = None
 
-    def begin(self, host: str) -> None:
+    def begin(self, host: str) -> bool:
+        """Register ``host``'s download; False once the verdict is in (do not start it)."""
         with self._lock:
+            if self.verdict is not None:
+                return False
             self.downloading.add(host)
+            return True
 
     def end(self, host: str) -> None:
         with self._lock:
@@ -132,23 +137,28 @@ class SeederWatch:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            now = time.monotonic()
-            if self.judge.gone_since is None:
-                alive, words = self._seeder_alive()
-                if alive:
-                    continue
-                self.judge.seeder_gone(now, words)
-            if self.judge.progress(time.monotonic(), self.progress()):
-                self._give_up()
-                return
+            if self.verdict is None and not self._judge():
+                continue
+            # Every round, not once: a host registered just before the verdict may
+            # not have started its peer yet when the first stop reaches it.
+            with self._lock:
+                hosts = sorted(self.downloading)
+            self.conns.map(hosts, lambda h: stop_peering(self.conns, self.settings, h))
 
-    def _give_up(self) -> None:
+    def _judge(self) -> bool:
+        """One look at the seeder (until it is gone) and the swarm; True: give up now."""
+        if self.judge.gone_since is None:
+            alive, words = self._seeder_alive()
+            if alive:
+                return False
+            self.judge.seeder_gone(time.monotonic(), words)
+        if not self.judge.progress(time.monotonic(), self.progress()):
+            return False
         seeder = self.conns.inventory.seeder.name
         words = self.judge.last_words or "no error in its output"
-        self.verdict = (
-            f"the seeder on {seeder} exited ({words}) and the swarm moved no byte for "
-            f"{self.settings.stall_timeout}s after it"
-        )
         with self._lock:
-            hosts = sorted(self.downloading)
-        self.conns.map(hosts, lambda h: stop_peering(self.conns, self.settings, h))
+            self.verdict = (
+                f"the seeder on {seeder} exited ({words}) and the swarm moved no byte for "
+                f"{self.settings.stall_timeout}s after it"
+            )
+        return True

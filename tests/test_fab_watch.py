@@ -103,3 +103,17 @@ def test_check_script_does_not_take_a_stranger_for_the_seeder(tmp_path: Path) ->
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_no_download_starts_once_the_verdict_is_in(tmp_path: Path) -> None:
+    """A host whose turn comes after the verdict must not start a peer that would wait
+    for the dead seeder until peer_timeout; one registered before is kept to be stopped."""
+    from fabfile.watch import SeederWatch
+
+    watch = SeederWatch(None, _settings(tmp_path), lambda: None)  # type: ignore[arg-type]
+    assert watch.begin("h2")
+    watch.verdict = "the seeder on h1 exited (x) and the swarm moved no byte for 30s after it"
+    assert not watch.begin("h3")
+    assert watch.downloading == {"h2"}
+    watch.end("h2")
+    assert watch.downloading == set()
