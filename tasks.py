@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from invoke import Collection, task
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+
+from murder_core.errors import MurderError
 
 ROOT = Path(__file__).resolve().parent
 
 
+@contextlib.contextmanager
+def said_plainly(task_name: str) -> Iterator[None]:
+    """Our own errors (no root, no cluster, a busy port) as one line and exit 1, not a
+    traceback: they are about the machine, not a bug."""
+    try:
+        yield
+    except MurderError as exc:
+        raise Exit(f"{task_name}: {exc}", code=1) from None
+
+
 @task(help={"k": "only tests matching this pytest -k expression", "x": "stop at the first failure"})
-def test(c, k="", x=False):
+def test(c: Context, k: str = "", x: bool = False) -> None:
     """Run the whole test suite (cluster and interop tests need root)."""
     args = ["-q", "-p", "no:cacheprovider"]
     if k:
@@ -29,14 +46,14 @@ def test(c, k="", x=False):
 
 
 @task
-def lint(c):
+def lint(c: Context) -> None:
     """ruff and mypy over the code."""
     c.run(f"{sys.executable} -m ruff check murder_core murder_dev fabfile tests tasks.py")
     c.run(f"{sys.executable} -m mypy")
 
 
 @task
-def build(c):
+def build(c: Context) -> None:
     """Build dist/murder.pyz (one file: the engine plus its pure-Python dependencies)."""
     from murder_dev.build import build_pyz
 
@@ -45,7 +62,7 @@ def build(c):
 
 
 @task(help={"peers": "number of peer processes", "size_mb": "payload size in MiB"})
-def swarm(c, peers=5, size_mb=64):
+def swarm(c: Context, peers: int = 5, size_mb: int = 64) -> None:
     """Loopback swarm: a tracker, a seeder and N peers as processes on this machine."""
     from murder_dev.localswarm import LocalSwarm, make_payload, sha256
 
@@ -86,16 +103,16 @@ def swarm(c, peers=5, size_mb=64):
     }
 )
 def bench(
-    c,
-    loopback=False,
-    hosts=16,
-    rate="100mbit",
-    size_mb=0,
-    repeat=1,
-    sweep="",
-    methods="",
-    profile=False,
-):
+    c: Context,
+    loopback: bool = False,
+    hosts: int = 16,
+    rate: str = "100mbit",
+    size_mb: int = 0,
+    repeat: int = 1,
+    sweep: str = "",
+    methods: str = "",
+    profile: bool = False,
+) -> None:
     """Benchmarks: deploy methods on the local cluster against T_min, or --loopback."""
     if loopback:
         from murder_dev import bench_loopback
@@ -117,29 +134,32 @@ CLUSTER_DIR = ROOT / ".cluster"
 
 
 @task(help={"hosts": "number of hosts (h1 is tracker and seeder)", "rate": "tc rate per link"})
-def cluster_up(c, hosts=6, rate="100mbit"):
+def cluster_up(c: Context, hosts: int = 6, rate: str = "100mbit") -> None:
     """Bring up N hosts in network namespaces, each with its own sshd (needs root)."""
     from murder_dev import cluster
 
-    info = cluster.up(int(hosts), rate, CLUSTER_DIR)
-    print(cluster.status(CLUSTER_DIR))
+    with said_plainly("cluster.up"):
+        info = cluster.up(int(hosts), rate, CLUSTER_DIR)
+        print(cluster.status(CLUSTER_DIR))
     print(f"inventory: {info.inventory}\nssh config: {info.ssh_config}")
 
 
 @task
-def cluster_down(c):
+def cluster_down(c: Context) -> None:
     """Remove the local cluster: namespaces, links, bridge, sshd and every process in it."""
     from murder_dev import cluster
 
-    cluster.down(CLUSTER_DIR)
+    with said_plainly("cluster.down"):
+        cluster.down(CLUSTER_DIR)
 
 
 @task
-def cluster_status(c):
+def cluster_status(c: Context) -> None:
     """Show the local cluster's hosts."""
     from murder_dev import cluster
 
-    print(cluster.status(CLUSTER_DIR))
+    with said_plainly("cluster.status"):
+        print(cluster.status(CLUSTER_DIR))
 
 
 @task(
@@ -149,16 +169,15 @@ def cluster_status(c):
         "size_mb": "size of the generated release",
     }
 )
-def demo(c, hosts=9, rate="100mbit", size_mb=200):
+def demo(c: Context, hosts: int = 9, rate: str = "100mbit", size_mb: int = 200) -> None:
     """A real deploy through the swarm onto a local cluster (needs root), then a summary."""
     from murder_dev.demo import run_demo
 
-    raise SystemExit(run_demo(int(hosts), rate, int(size_mb)))
+    with said_plainly("demo"):
+        code = run_demo(int(hosts), rate, int(size_mb))
+    raise SystemExit(code)
 
 
-cluster_ns = Collection("cluster")
-cluster_ns.add_task(cluster_up, "up")
-cluster_ns.add_task(cluster_down, "down")
-cluster_ns.add_task(cluster_status, "status")
+cluster_ns = Collection("cluster", up=cluster_up, down=cluster_down, status=cluster_status)
 
 ns = Collection(demo, test, lint, build, swarm, bench, cluster_ns)

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from murder_dev.localswarm import ROOT, LocalSwarm, free_port, make_payload, sha256
 
@@ -124,7 +124,7 @@ def _lt_session(role: str, torrent: str, directory: str) -> Any:
     import libtorrent as lt
 
     settings = lt.high_performance_seed() if role == "seed" else lt.default_settings()
-    settings.update(lt_loopback_settings())
+    settings.update(cast("lt.settings_pack", lt_loopback_settings()))
     settings["alert_mask"] = lt.alert.category_t.status_notification
     session = lt.session(settings)
     params = lt.add_torrent_params()

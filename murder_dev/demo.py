@@ -13,6 +13,10 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from murder_dev.cluster import ClusterInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = ROOT / ".cluster"
@@ -27,7 +31,7 @@ def rate_bits(rate: str) -> float:
     return float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2)]
 
 
-def _generate_release(info: object, seeder: str, size_mb: int) -> None:
+def _generate_release(info: ClusterInfo, seeder: str, size_mb: int) -> None:
     from murder_dev import cluster
 
     script = (
@@ -48,7 +52,7 @@ def _generate_release(info: object, seeder: str, size_mb: int) -> None:
         [os.path.realpath(sys.executable), "-c", script, RELEASE_DIR, str(size_mb)],
         check=True,
         timeout=300,
-    )  # type: ignore[arg-type]
+    )
 
 
 def run_demo(hosts: int = 9, rate: str = "100mbit", size_mb: int = 200) -> int:
