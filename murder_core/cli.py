@@ -238,7 +238,6 @@ def _import_asyncio_without_ssl() -> None:
 
 
 def cmd_tracker(args: argparse.Namespace) -> int:
-    _import_asyncio_without_ssl()
     from .tracker import TrackerConfig, run_tracker
 
     config = TrackerConfig(
