@@ -21,6 +21,8 @@ from fabfile.settings import Settings
 
 #: Seconds between looks at the seeder's process (one SSH exec on its host each).
 CHECK_INTERVAL = 2.0
+#: Seconds one look may take before the seeder's host counts as not answering.
+CHECK_TIMEOUT = 15
 _ALIVE = "alive"
 
 
@@ -129,11 +131,13 @@ class SeederWatch:
     def _seeder_alive(self) -> tuple[bool, str]:
         host = self.conns.inventory.seeder.name
         try:
-            out = str(self.conns.run(host, check_script(self.settings)).stdout).strip()
+            out = self.conns.run(host, check_script(self.settings), timeout=CHECK_TIMEOUT)
         except HostError as exc:
-            # An SSH hiccup is not a verdict on the seeder; the next look may work.
-            return True, exc.reason
-        return out == _ALIVE, out
+            # A host we cannot reach counts as gone: its seeder most likely is, for the
+            # peers too, and the verdict still waits for the swarm to stall.
+            return False, f"its host does not answer: {exc.reason}"
+        words = str(out.stdout).strip()
+        return words == _ALIVE, words
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -158,7 +162,7 @@ class SeederWatch:
         words = self.judge.last_words or "no error in its output"
         with self._lock:
             self.verdict = (
-                f"the seeder on {seeder} exited ({words}) and the swarm moved no byte for "
+                f"the seeder on {seeder} is gone ({words}) and the swarm moved no byte for "
                 f"{self.settings.stall_timeout}s after it"
             )
         return True

@@ -112,7 +112,7 @@ def test_no_download_starts_once_the_verdict_is_in(tmp_path: Path) -> None:
 
     watch = SeederWatch(None, _settings(tmp_path), lambda: None)  # type: ignore[arg-type]
     assert watch.begin("h2")
-    watch.verdict = "the seeder on h1 exited (x) and the swarm moved no byte for 30s after it"
+    watch.verdict = "the seeder on h1 is gone (x) and the swarm moved no byte for 30s after it"
     assert not watch.begin("h3")
     assert watch.downloading == {"h2"}
     watch.end("h2")

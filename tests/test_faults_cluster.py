@@ -469,11 +469,60 @@ def test_3b_the_seeder_killed_before_every_piece_left_it(
     os.kill(seeder, signal.SIGKILL)
     killed = time.monotonic() - deploy.started
     done = deploy.finish()
-    verdict = r"the seeder on h1 exited \(.*\) and the swarm moved no byte for 5s"
+    verdict = r"the seeder on h1 is gone \(.*\) and the swarm moved no byte for 5s"
     check(env, done, "f3b", release, before, failed={h: verdict for h in PEERS})
     assert re.search(verdict, done.report["error"]), done
     # Without the watch every peer waits PEER_TIMEOUT (60 s) before it gives up.
     assert done.seconds - killed < PEER_TIMEOUT / 2, done
+
+
+def test_3c_the_seeders_host_cut_off_before_every_piece_left_it(
+    env: Env, net: Callable[[str, str], None], running: List[Any]
+) -> None:
+    """h1 (tracker and seeder) unplugged while some piece exists nowhere else: the watch
+    cannot reach the seeder, counts it gone, and once the swarm has stalled for
+    stall_timeout the peers are stopped and every host fails naming h1, long before the
+    peers' own timeout. Teardown cannot reach h1 either, and says so; what runs there
+    (tracker, seeder) is beyond any stop until h1 is back (the `running` fixture then
+    kills it)."""
+    from murder_dev import cluster
+
+    release = make_release(env.work / "rel-f3c", 34)
+    before = env.currents()
+    for host in PEERS:
+        net(host, SLOW)
+    deploy = env.deploy("f3c", release, stall_timeout="5", peer_timeout="150")
+    running.append(deploy)
+
+    def first_pieces_only() -> Optional[bool]:
+        held = [verified_pieces(env, h, "f3c") for h in PEERS]
+        union = set().union(*[h for h in held if h is not None])
+        if not union:
+            return None
+        assert len(union) < num_pieces(env, "f3c"), "every piece left the seeder already"
+        return True
+
+    deploy.until("the first verified piece", first_pieces_only)
+    cluster.link_down(env.info, "h1")
+    cut = time.monotonic() - deploy.started
+    try:
+        done = deploy.finish()
+    finally:
+        cluster.link_up(env.info, "h1")
+    assert done.code == 1, done
+    verdict = (
+        r"the seeder on h1 is gone \(its host does not answer: .*\) "
+        r"and the swarm moved no byte for 5s"
+    )
+    for host in PEERS:
+        row = done.row(host)
+        assert row["status"] == "failed" and re.search(verdict, row["error"]), (host, row)
+        assert env.current(host) == before[host], host
+        assert not [n for n in env.releases(host) if "f3c" in n], host
+    # The peers would give up by themselves only 150 s after they started.
+    assert done.seconds - cut < 120, done
+    assert [p for p in done.report["teardown_problems"] if p.startswith("h1:")], done
+    assert set(env.murder_processes()) <= {"h1"}, env.murder_processes()
 
 
 def test_4_the_tracker_killed_and_restarted_mid_transfer(
