@@ -21,6 +21,7 @@ from invoke.tasks import task
 
 from fabfile.install import check_python, distribute_files
 from fabfile.inventory import load_inventory
+from fabfile.lease import LeaseKeeper
 from fabfile.peers import download, upload_torrents
 from fabfile.progress import SwarmProgress, fetch_direct, fetch_over_ssh
 from fabfile.release import hosts_with_release, install_release, payload_name, rollback_all
@@ -107,6 +108,9 @@ def run_deploy(
             report.write_json(settings.json)
         return report
     progress: list[SwarmProgress] = []
+    inv = conns.inventory
+    lease = LeaseKeeper(conns, settings, [inv.tracker.name, inv.seeder.name])
+    lease.start()
     try:
         _deploy(conns, settings, report, live, pyz_hashes, progress, out, started)
     except MurderError as exc:
@@ -123,6 +127,7 @@ def run_deploy(
     finally:
         for bar in progress:
             bar.stop()
+        lease.stop()  # before teardown, which removes the lease file a late touch would recreate
         report.teardown_problems = teardown(conns, settings, peers)
         _mark(report, started, "teardown")
         conns.close()
@@ -219,7 +224,7 @@ def _deploy(
     # The tracker starts while the seeder packs and hashes: nothing needs it running
     # before the .torrent is handed to it, and its start is a round trip and a wait.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        tracker_started = pool.submit(start_tracker, conns, settings)
+        tracker_started = pool.submit(start_tracker, conns, settings, leased=True)
         tracker_started.add_done_callback(lambda f: _mark_done(f, report, started, "tracker"))
         if settings.local_path is not None:
             path_is_file = stage_local(conns, settings, settings.local_path)
@@ -237,7 +242,9 @@ def _deploy(
     publish_torrent(conns, settings, local_torrent)
     drop_failed(upload_torrents(conns, settings, local_torrent, list(live)))
     _mark(report, started, "torrent")
-    start_seeding(conns, settings, lazy_check=True)  # make_torrent hashed it just now
+    # make_torrent hashed the payload just now, so each piece is checked as it first
+    # leaves; and the seeder, like the tracker, stops itself if the lease lapses.
+    start_seeding(conns, settings, lazy_check=True, leased=True)
     _mark(report, started, "seeding")
     print(f"seeding {meta.total_length / MB:.1f} MB from {inv.seeder.name}", file=out)
 

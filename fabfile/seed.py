@@ -6,7 +6,9 @@ from fabfile.remote import Connections, sh, start_detached_script, stop_script
 from fabfile.settings import Settings
 
 
-def seed_argv(settings: Settings, ip: str, *, lazy_check: bool = False) -> list[str]:
+def seed_argv(
+    settings: Settings, ip: str, *, lazy_check: bool = False, leased: bool = False
+) -> list[str]:
     """``lazy_check`` when the torrent was made from this very file moments ago (``fab
     deploy``): the seeder then checks each piece as it first serves it instead of the
     whole payload again before it starts. ``fab murder.start_seeding`` may come long
@@ -27,6 +29,7 @@ def seed_argv(settings: Settings, ip: str, *, lazy_check: bool = False) -> list[
         settings.logfile("seeder"),
         "--quiet",
         *(["--lazy-check"] if lazy_check else []),
+        *(settings.lease_args() if leased else []),
     ]
 
 
@@ -35,15 +38,20 @@ def seeder_output(settings: Settings) -> str:
     return f"{settings.temp_path}/seeder-{settings.require_tag()}.out"
 
 
-def start_seeding(conns: Connections, settings: Settings, *, lazy_check: bool = False) -> None:
+def start_seeding(
+    conns: Connections, settings: Settings, *, lazy_check: bool = False, leased: bool = False
+) -> None:
+    """``leased``: as for the tracker (see ``tracker_argv``), for ``fab deploy``."""
     host = conns.inventory.seeder.name
     ip = conns.ip_of(host)
     start = start_detached_script(
-        seed_argv(settings, ip, lazy_check=lazy_check),
+        seed_argv(settings, ip, lazy_check=lazy_check, leased=leased),
         workdir=settings.temp_path,
         pidfile=settings.pidfile("seeder"),
         output=seeder_output(settings),
     )
+    if leased:
+        start = f"touch {sh(settings.lease_file)} || exit 1\n{start}"
     conns.run(host, stop_script([settings.pidfile("seeder")], then=start))
 
 

@@ -45,6 +45,9 @@ DEFAULTS: Dict[str, Any] = {
     # Once the seeder is gone, how long the swarm may move no byte before the peers
     # still downloading are stopped (instead of each waiting out peer_timeout).
     "stall_timeout": 30,
+    # fab deploy's tracker and seeder stop by themselves once the deploy has not renewed
+    # their lease for this long (the workstation died, or their host is cut off from it).
+    "lease_seconds": 120,
     "progress": True,
     "stats_interval": 1.0,
     "json": None,
@@ -64,6 +67,7 @@ _INT_KEYS = {
     "peer_timeout": (1, 86_400),
     "linger": (0, 86_400),
     "stall_timeout": (1, 86_400),
+    "lease_seconds": (10, 86_400),
 }
 _BOOL_KEYS = (
     "path_is_file",
@@ -150,6 +154,7 @@ class Settings:
     peer_timeout: int = DEFAULTS["peer_timeout"]
     linger: int = DEFAULTS["linger"]
     stall_timeout: int = DEFAULTS["stall_timeout"]
+    lease_seconds: int = DEFAULTS["lease_seconds"]
     progress: bool = True
     stats_interval: float = DEFAULTS["stats_interval"]
     json: Optional[str] = None
@@ -210,6 +215,14 @@ class Settings:
         if role == "tracker":
             return f"{self.temp_path}/tracker.pid"
         return f"{self.temp_path}/{role}-{self.require_tag()}.pid"
+
+    @property
+    def lease_file(self) -> str:
+        """Touched by ``fab deploy`` while it runs; its tracker and seeder watch it."""
+        return f"{self.temp_path}/lease-{self.require_tag()}"
+
+    def lease_args(self) -> list[str]:
+        return ["--lease", self.lease_file, "--lease-seconds", str(self.lease_seconds)]
 
     def logfile(self, role: str) -> str:
         if role == "tracker":

@@ -26,6 +26,7 @@ def clean_script(settings: Settings) -> str:
         settings.torrent,
         settings.tracker_torrent,
         settings.pidfile("peer-fg"),
+        settings.lease_file,
     ]
     return f"rm -f -- {sh(*files)}"
 
@@ -53,6 +54,8 @@ def teardown(conns: Connections, settings: Settings, peers: Sequence[str]) -> Li
             action()
         except HostError as exc:
             problems.append(f"{host}: {step}: {exc.reason}")
+            if exc.reason.startswith("ssh:"):
+                reached.discard(host)  # it will not answer the next step either
 
     # Peers and the seeder first, tracker last: everyone can still announce "stopped" on
     # the way out. A plain peer host is stopped and cleaned in one round trip, the

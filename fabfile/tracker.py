@@ -6,8 +6,11 @@ from fabfile.remote import Connections, sh, start_detached_script, stop_script
 from fabfile.settings import Settings
 
 
-def tracker_argv(settings: Settings, bind_ip: str) -> list[str]:
-    """The tracker serves only torrents copied into ``allowed_dir``: this deploy's."""
+def tracker_argv(settings: Settings, bind_ip: str, *, leased: bool = False) -> list[str]:
+    """The tracker serves only torrents copied into ``allowed_dir``: this deploy's.
+
+    ``leased`` (``fab deploy``): it stops by itself once the deploy stops renewing
+    ``settings.lease_file``; ``fab murder.start_tracker`` runs until stopped, as Murder's."""
     t = settings.temp_path
     return [
         settings.python,
@@ -27,21 +30,24 @@ def tracker_argv(settings: Settings, bind_ip: str) -> list[str]:
         settings.pidfile("tracker"),
         "--interval",
         str(settings.announce_interval),
+        *(settings.lease_args() if leased else []),
     ]
 
 
-def start_tracker(conns: Connections, settings: Settings) -> str:
+def start_tracker(conns: Connections, settings: Settings, *, leased: bool = False) -> str:
     """Start the tracker (stopping one left by an earlier run); returns ``ip:port``."""
     host = conns.inventory.tracker.name
     ip = conns.ip_of(host)
     start = start_detached_script(
-        tracker_argv(settings, ip),
+        tracker_argv(settings, ip, leased=leased),
         workdir=settings.temp_path,
         pidfile=settings.pidfile("tracker"),
         output=f"{settings.temp_path}/tracker.out",
     )
     # One round trip: on a fleet far from the workstation each one costs a network RTT.
     mkdir = f"mkdir -p -m 700 {sh(settings.temp_path)} {sh(settings.allowed_dir)} || exit 1"
+    if leased:
+        mkdir += f"\ntouch {sh(settings.lease_file)} || exit 1"
     conns.run(host, stop_script([settings.pidfile("tracker")], then=f"{mkdir}\n{start}"))
     return tracker_address(ip, settings.tracker_port)
 

@@ -14,7 +14,8 @@ import sys
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
-from .errors import MurderError
+from .errors import LeaseError, MurderError
+from .lease import Lease
 
 if TYPE_CHECKING:
     from .client import ClientConfig
@@ -95,6 +96,32 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
+def _add_lease_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lease",
+        metavar="FILE",
+        help="stop by itself (exit 0) once FILE has not been touched for --lease-seconds; "
+        "whoever started us keeps touching it (fab deploy does)",
+    )
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=120.0,
+        metavar="SECS",
+        help="how stale the --lease file may get (120)",
+    )
+
+
+def _lease(args: argparse.Namespace) -> Lease | None:
+    if not getattr(args, "lease", None):
+        return None
+    if args.lease_seconds <= 0:
+        raise LeaseError(f"--lease-seconds must be positive, got {args.lease_seconds:g}")
+    lease = Lease(args.lease, args.lease_seconds)
+    lease.check_start()
+    return lease
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"murder {__version__}")
@@ -126,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--interval", type=int, default=10, help="announce interval in seconds (10)")
     t.add_argument("--pidfile", help="write the tracker's PID here")
+    _add_lease_args(t)
     t.set_defaults(func=cmd_tracker)
 
     mk = sub.add_parser(
@@ -172,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "time it is uploaded, instead of checking the whole payload first; a piece that "
         "fails stops the seeder (exit 3). For a payload the torrent was just made from",
     )
+    _add_lease_args(s)
     s.set_defaults(func=cmd_client, mode="seed")
 
     p = sub.add_parser(
@@ -249,7 +278,7 @@ def cmd_tracker(args: argparse.Namespace) -> int:
         allow=tuple(args.allow),
         interval=args.interval,
     )
-    return run_tracker(config, pidfile=args.pidfile)
+    return run_tracker(config, pidfile=args.pidfile, lease=_lease(args))
 
 
 def cmd_make_torrent(args: argparse.Namespace) -> int:
@@ -287,6 +316,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         tracker_timeout=args.tracker_timeout,
         quiet=args.quiet,
         lazy_check=getattr(args, "lazy_check", False),
+        lease=_lease(args),
     )
 
     def work(notify: Callable[[], None] | None) -> int:

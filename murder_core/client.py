@@ -17,6 +17,7 @@ from typing import Callable
 
 from . import __version__, announce
 from .errors import DownloadError, MurderError, StorageError, TrackerError
+from .lease import Lease
 from .metainfo import Metainfo, read_metainfo
 from .peer import MURDER_PEER_ID_PREFIX, PeerLink
 from .progress import Progress
@@ -45,6 +46,7 @@ class ClientConfig:
     status_every: float = 5.0
     quiet: bool = False
     lazy_check: bool = False  # seed: hash each piece on its first upload, not all at start
+    lease: Lease | None = None  # seed: stop by itself once nobody renews this
 
 
 def make_peer_id() -> bytes:
@@ -219,6 +221,11 @@ class Client:
                 uploaded=self.session.stats.uploaded,
                 peers=len(self.session.links),
             )
+            if self.config.lease is not None:
+                why = self.config.lease.expired()
+                if why:
+                    log.warning("stopping: %s", why)
+                    self._stop.set()
             await self._wait(1.0, self._stop)
 
     # -- completion --------------------------------------------------------------------

@@ -90,6 +90,12 @@ class DownloadError(MurderError):
     """A download could not complete (timeout, no peers, interrupted)."""
 
 
+class LeaseError(MurderError):
+    """A service told to hold a lease was started without a live one."""
+
+    exit_code = 2
+
+
 class DeployError(MurderError):
     """A deploy step failed on one or more hosts."""
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from .. import daemon
 from ..errors import TrackerError, TrackerRequestError
+from ..lease import Lease
 from ..values import InfoHash, PeerAddr
 from .httpd import (
     BENCODE_TYPE,
@@ -309,8 +310,11 @@ def render_status_html(stats: dict[str, Any]) -> bytes:
     return page.encode("utf-8")
 
 
-def run_tracker(config: TrackerConfig, pidfile: str | None = None) -> int:
-    """Serve in the foreground until SIGTERM/SIGINT; the pidfile exists while we listen."""
+def run_tracker(
+    config: TrackerConfig, pidfile: str | None = None, lease: Lease | None = None
+) -> int:
+    """Serve in the foreground until SIGTERM/SIGINT, or until ``lease`` expires; the
+    pidfile exists while we listen."""
     server = TrackerServer(config)
     try:
         server.start()
@@ -326,7 +330,10 @@ def run_tracker(config: TrackerConfig, pidfile: str | None = None) -> int:
     try:
         with daemon.pidfile(pidfile):
             while not done.wait(0.5):
-                pass
+                why = lease.expired() if lease is not None else ""
+                if why:
+                    server.log.warning("stopping: %s", why)
+                    break
     finally:
         server.stop()
         for sig, handler in previous.items():
