@@ -117,20 +117,3 @@ def test_no_download_starts_once_the_verdict_is_in(tmp_path: Path) -> None:
     assert watch.downloading == {"h2"}
     watch.end("h2")
     assert watch.downloading == set()
-
-
-def test_only_the_deploys_tracker_and_seeder_hold_a_lease(tmp_path: Path) -> None:
-    """fab deploy's services stop themselves if the deploy stops renewing their lease;
-    Murder's own start_tracker / start_seeding tasks run until stopped, as they did."""
-    from fabfile.seed import seed_argv
-    from fabfile.tracker import tracker_argv
-
-    settings = Settings(tag="v1", temp_path=str(tmp_path), lease_seconds=45)
-    lease = ["--lease", f"{tmp_path}/lease-v1", "--lease-seconds", "45"]
-    for argv in (
-        tracker_argv(settings, "10.0.0.1", leased=True),
-        seed_argv(settings, "10.0.0.1", leased=True),
-    ):
-        assert argv[-4:] == lease
-    for argv in (tracker_argv(settings, "10.0.0.1"), seed_argv(settings, "10.0.0.1")):
-        assert "--lease" not in argv

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fabfile.settings import Settings
 from murder_core.errors import LeaseError
 from murder_core.lease import Lease
 from murder_dev.localswarm import LocalSwarm, child_env, free_port, make_payload, murder_cmd
@@ -75,3 +76,20 @@ def test_a_service_will_not_start_on_a_missing_lease(tmp_path: Path) -> None:
     assert run.returncode == 2, run
     assert f"not starting: lease file {tmp_path / 'nope'} is gone" in run.stderr
     assert not pidfile.exists()
+
+
+def test_only_the_deploys_tracker_and_seeder_hold_a_lease(tmp_path: Path) -> None:
+    """fab deploy's services stop themselves if the deploy stops renewing their lease;
+    Murder's own start_tracker / start_seeding tasks run until stopped, as they did."""
+    from fabfile.seed import seed_argv
+    from fabfile.tracker import tracker_argv
+
+    settings = Settings(tag="v1", temp_path=str(tmp_path), lease_seconds=45)
+    lease = ["--lease", f"{tmp_path}/lease-v1", "--lease-seconds", "45"]
+    for argv in (
+        tracker_argv(settings, "10.0.0.1", leased=True),
+        seed_argv(settings, "10.0.0.1", leased=True),
+    ):
+        assert argv[-4:] == lease
+    for argv in (tracker_argv(settings, "10.0.0.1"), seed_argv(settings, "10.0.0.1")):
+        assert "--lease" not in argv
