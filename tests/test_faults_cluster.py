@@ -239,6 +239,17 @@ def verified_pieces(env: Env, host: str, tag: str) -> Optional[set[int]]:
     return None
 
 
+def some_but_not_all_pieces_out(env: Env, tag: str) -> Optional[bool]:
+    """True once some piece sits verified on a peer, None before; fails the test if
+    the moment was missed and every piece has left the seeder already."""
+    held = [verified_pieces(env, h, tag) for h in PEERS]
+    union = set().union(*[h for h in held if h is not None])
+    if not union:
+        return None
+    assert len(union) < num_pieces(env, tag), "every piece left the seeder already"
+    return True
+
+
 def num_pieces(env: Env, tag: str) -> int:
     from murder_core.metainfo import read_metainfo
 
@@ -458,11 +469,8 @@ def test_3b_the_seeder_killed_before_every_piece_left_it(
     running.append(deploy)
 
     def first_pieces_only() -> Optional[int]:
-        held = [verified_pieces(env, h, "f3b") for h in PEERS]
-        union = set().union(*[h for h in held if h is not None])
-        if not union:
+        if not some_but_not_all_pieces_out(env, "f3b"):
             return None
-        assert len(union) < num_pieces(env, "f3b"), "every piece left the seeder already"
         return env.pid_from("h1", "seeder-f3b.pid", "seed")
 
     seeder = deploy.until("the first verified piece", first_pieces_only)
@@ -493,15 +501,7 @@ def test_3c_the_seeders_host_cut_off_before_every_piece_left_it(
     deploy = env.deploy("f3c", release, stall_timeout="5", peer_timeout="150", lease_seconds="10")
     running.append(deploy)
 
-    def first_pieces_only() -> Optional[bool]:
-        held = [verified_pieces(env, h, "f3c") for h in PEERS]
-        union = set().union(*[h for h in held if h is not None])
-        if not union:
-            return None
-        assert len(union) < num_pieces(env, "f3c"), "every piece left the seeder already"
-        return True
-
-    deploy.until("the first verified piece", first_pieces_only)
+    deploy.until("the first verified piece", lambda: some_but_not_all_pieces_out(env, "f3c"))
     cluster.link_down(env.info, "h1")
     try:
         done = deploy.finish()
