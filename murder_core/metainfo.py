@@ -62,6 +62,7 @@ class FileEntry:
     path: tuple[str, ...]
     length: int
     offset: int
+    executable: bool = False  # BEP 47 attr "x": set the x bits where r is set, once verified
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def _layout(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], b
         )
     if b"length" in info:
         length = _length(info, "info.length")
-        return (FileEntry((name,), length, 0),), False
+        return (FileEntry((name,), length, 0, _executable(info, "info.attr")),), False
     listed = _field(info, b"files", list, "info.files")
     if not listed:
         raise MetainfoError("info.files must not be empty", key="info.files", value=listed)
@@ -193,7 +194,7 @@ def _layout(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], b
                 value="/".join(path),
             )
         seen[path] = index
-        entries.append(FileEntry(path, length, offset))
+        entries.append(FileEntry(path, length, offset, _executable(item, f"{where}.attr")))
         offset += length
     for index, entry in enumerate(entries):
         for depth in range(1, len(entry.path)):
@@ -207,6 +208,14 @@ def _layout(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], b
                     value=prefix,
                 )
     return tuple(entries), True
+
+
+def _executable(container: dict[bytes, Any], where: str) -> bool:
+    """BEP 47's ``attr`` letters; we act on ``x`` only (others, such as ``p`` for padding
+    or ``h`` for hidden, change nothing about how the bytes are stored)."""
+    if b"attr" not in container:
+        return False
+    return b"x" in _field(container, b"attr", bytes, where)
 
 
 def _file_path(parts: list[Any], where: str) -> tuple[str, ...]:
@@ -339,14 +348,23 @@ def make_metainfo(
         "pieces": hash_pieces(sources, chosen, progress),
     }
     if is_dir:
-        info["files"] = [{"length": s.length, "path": list(s.parts)} for s in sources]
+        info["files"] = [_file_dict(s) for s in sources]
     else:
         info["length"] = total
+        if sources[0].executable:
+            info["attr"] = "x"
     if private:
         info["private"] = 1
     data = bencoding.encode({"announce": url, "created by": f"murder {__version__}", "info": info})
     # Reading back what we made proves it passes the same checks every peer applies.
     return data, parse_metainfo(data)
+
+
+def _file_dict(source: SourceFile) -> dict[str, Any]:
+    entry: dict[str, Any] = {"length": source.length, "path": list(source.parts)}
+    if source.executable:
+        entry["attr"] = "x"  # BEP 47: other clients set the x bits from it too
+    return entry
 
 
 def _single_source(path: Path, name: str) -> SourceFile:
@@ -357,7 +375,7 @@ def _single_source(path: Path, name: str) -> SourceFile:
             key="path",
             value=str(path),
         )
-    return SourceFile((name,), path, info.st_size)
+    return SourceFile((name,), path, info.st_size, bool(info.st_mode & 0o111))
 
 
 def _check_encodable(part: str, path: Path, key: str) -> None:

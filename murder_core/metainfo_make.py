@@ -106,6 +106,7 @@ class SourceFile(NamedTuple):
     parts: tuple[str, ...]  # path relative to the torrent root; (name,) for single-file
     path: Path
     length: int
+    executable: bool = False  # any x bit: carried as BEP 47's attr "x"
 
 
 def collect_files(root: Path) -> list[SourceFile]:
@@ -129,7 +130,9 @@ def collect_files(root: Path) -> list[SourceFile]:
             if stat.S_ISDIR(info.st_mode):
                 pending.append((child_parts, child))
             elif stat.S_ISREG(info.st_mode):
-                found.append(SourceFile(child_parts, child, info.st_size))
+                found.append(
+                    SourceFile(child_parts, child, info.st_size, bool(info.st_mode & 0o111))
+                )
             elif stat.S_ISLNK(info.st_mode):
                 raise MetainfoError(
                     f"refusing symlink {child}: torrents carry only regular files",

@@ -41,15 +41,21 @@ def check_free_space(directory: StrPath, needed: int, stats: FreeSpace) -> None:
 class PayloadFile:
     """One file of the payload: where it is, where it sits in the torrent, its descriptor."""
 
-    __slots__ = ("fd", "length", "offset", "parts", "path")
+    __slots__ = ("executable", "fd", "length", "offset", "parts", "path")
 
     def __init__(
-        self, path: pathlib.Path, parts: tuple[str, ...], length: int, offset: int
+        self,
+        path: pathlib.Path,
+        parts: tuple[str, ...],
+        length: int,
+        offset: int,
+        executable: bool = False,
     ) -> None:
         self.path = path
         self.parts = parts  # relative to the payload root; () for a single-file torrent
         self.length = length
         self.offset = offset
+        self.executable = executable
         self.fd = -1
 
 
@@ -57,11 +63,22 @@ def payload_layout(meta: Metainfo, root: pathlib.Path) -> list[PayloadFile]:
     """The files of ``meta`` under ``root`` (``root`` itself for a single-file torrent)."""
     if not meta.multi_file:
         entry = meta.files[0]
-        return [PayloadFile(root, (), entry.length, entry.offset)]
+        return [PayloadFile(root, (), entry.length, entry.offset, entry.executable)]
     return [
-        PayloadFile(join_inside(root, entry.path), entry.path, entry.length, entry.offset)
+        PayloadFile(
+            join_inside(root, entry.path), entry.path, entry.length, entry.offset, entry.executable
+        )
         for entry in meta.files
     ]
+
+
+def make_executable(f: PayloadFile) -> None:
+    """Add the x bits wherever the file's r bits are (so the umask is respected)."""
+    try:
+        mode = os.fstat(f.fd).st_mode & 0o7777
+        os.fchmod(f.fd, mode | ((mode & 0o444) >> 2))
+    except OSError as exc:
+        raise storage_error(f"cannot make {f.path} executable", exc) from exc
 
 
 def join_inside(root: pathlib.Path, parts: tuple[str, ...]) -> pathlib.Path:

@@ -30,6 +30,7 @@ from .payload_files import (
     check_free_space,
     create_file,
     fsync_directory,
+    make_executable,
     open_existing,
     payload_layout,
     pread,
@@ -348,6 +349,8 @@ class Storage:
                 f"cannot finalize {final}: {missing} of {len(self._have)} pieces are not verified"
             )
         for f in self._files:
+            if f.executable:
+                make_executable(f)  # only now: a half-downloaded program must not run
             try:
                 os.fsync(f.fd)
             except OSError as exc:

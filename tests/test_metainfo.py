@@ -283,6 +283,8 @@ def _broken(where: str, new: Any) -> bytes:
         ("info.files[1].path[1]", 7, "must be a byte string, got an integer", 7),
         ("info.files[0].path[0]", b"\xff", "is not valid UTF-8: b'\\xff'", b"\xff"),
         ("info.files[1].path", [b"a"], "duplicates info.files[0].path: 'a'", "a"),
+        ("info.files[0].attr", 5, "must be a byte string, got an integer", 5),
+        ("info.attr", [b"x"], "must be a byte string, got a list", [b"x"]),
         ("info.files[0].path", [b"d"],
          "'d' is a file but also a directory in info.files[1].path 'd/b'", "d"),
     ],
@@ -397,6 +399,26 @@ def test_parse_single_file_fields() -> None:
 # --- interop with libtorrent --------------------------------------------------------------
 
 
+def test_executable_files_carry_bep47_attr_x(tmp_path: Path) -> None:
+    """Any x bit makes attr "x" (BEP 47), which peers turn back into x bits; other
+    clients' attr letters (p padding, h hidden) change nothing."""
+    root = _tree(tmp_path / "rel", {"bin/run.sh": b"#!/bin/sh\n", "conf.ini": b"a=1\n"})
+    (root / "bin" / "run.sh").chmod(0o750)
+    data, meta = make_metainfo(root, ANNOUNCE, piece_length=16384)
+    assert [(e.path, e.executable) for e in meta.files] == [
+        (("bin", "run.sh"), True),
+        (("conf.ini",), False),
+    ]
+    files = decode(data)[b"info"][b"files"]
+    assert [f.get(b"attr") for f in files] == [b"x", None]
+    single, meta1 = make_metainfo(root / "bin" / "run.sh", ANNOUNCE, piece_length=16384)
+    assert decode(single)[b"info"][b"attr"] == b"x" and meta1.files[0].executable
+    torrent = _multi()
+    torrent[b"info"][b"files"][0][b"attr"] = b"hx"
+    torrent[b"info"][b"files"][1][b"attr"] = b"p"
+    assert [e.executable for e in parse_metainfo(encode(torrent)).files] == [True, False]
+
+
 def _libtorrent() -> Any:
     found = importlib.util.find_spec("libtorrent") is not None
     need(found, "needs the libtorrent Python bindings (pip install libtorrent)")
@@ -414,6 +436,21 @@ def test_libtorrent_agrees_on_our_torrent(tmp_path: Path) -> None:
     storage = info.layout() if hasattr(info, "layout") else info.files()  # files(): lt < 2.1
     names = [storage.file_path(i) for i in range(info.num_files())]
     assert names == [os.path.join("rel", *entry.path) for entry in meta.files]
+
+
+@pytest.mark.interop
+def test_libtorrent_reads_our_executable_bit(tmp_path: Path) -> None:
+    lt = _libtorrent()
+    root = _tree(tmp_path / "rel", {"run.sh": _content(100), "data": _content(100, 1)})
+    (root / "run.sh").chmod(0o755)
+    data, _ = make_metainfo(root, ANNOUNCE, piece_length=16384)
+    info = lt.torrent_info(data)
+    storage = info.layout() if hasattr(info, "layout") else info.files()
+    flags = {
+        storage.file_path(i): bool(storage.file_flags(i) & lt.file_storage.flag_executable)
+        for i in range(info.num_files())
+    }
+    assert flags == {os.path.join("rel", "data"): False, os.path.join("rel", "run.sh"): True}
 
 
 @pytest.mark.interop

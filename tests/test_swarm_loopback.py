@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import urllib.request
@@ -153,3 +154,26 @@ def test_a_lazy_checking_seeder_serves_good_data_and_stops_on_bad(tmp_path: Path
         assert "piece 3 fails its SHA-1 check" in sw.log("seeder")
         assert sw.stop("p2") is not None
     assert not (tmp_path / "p2" / "release.bin").exists()
+
+
+def test_a_directory_keeps_its_executable_bits_through_the_swarm(tmp_path: Path) -> None:
+    """A multi-file torrent of a release directory: the peer's copy of a program runs
+    (x bits where the r bits are, as BEP 47's attr "x" says), its data files do not."""
+    release = tmp_path / "release"
+    (release / "bin").mkdir(parents=True)
+    (release / "bin" / "app").write_bytes(b"#!/bin/sh\necho murdered\n")
+    (release / "bin" / "app").chmod(0o755)
+    (release / "data.bin").write_bytes(make_payload(tmp_path / "d", 300_000).read_bytes())
+    with LocalSwarm(tmp_path / "run", release) as sw:
+        sw.start_tracker()
+        sw.make_torrent()
+        sw.start_seeder()
+        target = tmp_path / "peer" / "release"
+        sw.start_peer("peer", target, "--linger", "0")
+        assert sw.wait(["peer"], timeout=120) == {"peer": 0}, sw.log("peer")[-2000:]
+    assert (target / "data.bin").read_bytes() == (release / "data.bin").read_bytes()
+    assert os.access(target / "bin" / "app", os.X_OK)
+    assert not os.access(target / "data.bin", os.X_OK)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target / "bin" / "app").stat().st_mode & 0o777 == 0o777 & ~umask
