@@ -7,42 +7,34 @@ from it they stop by themselves within ``lease_seconds`` instead of running fore
 
 from __future__ import annotations
 
-import threading
-from typing import Optional, Sequence
+from typing import Sequence
 
+from fabfile.periodic import Periodic
 from fabfile.remote import Connections, HostError, sh
 from fabfile.settings import Settings
 
 
-class LeaseKeeper:
+def touch_script(settings: Settings) -> str:
+    """Renew the lease; also how a leased service's start creates it."""
+    return f"touch {sh(settings.lease_file)}"
+
+
+class LeaseKeeper(Periodic):
     def __init__(self, conns: Connections, settings: Settings, hosts: Sequence[str]) -> None:
         self.conns = conns
         self.settings = settings
         self.hosts = list(dict.fromkeys(hosts))  # tracker and seeder may be one host
+        self.renewals = 0
         # Touch four times per lease, each look bounded to a quarter lease: a host that
         # hangs cannot make another's lease lapse (4 + 1 quarters per round at worst,
         # for two hosts: still within the lease).
-        self.interval = max(1.0, settings.lease_seconds / 4)
-        self.renewals = 0
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        interval = max(1.0, settings.lease_seconds / 4)
+        super().__init__("murder-lease", interval, interval * (1 + len(self.hosts)) + 10)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="murder-lease", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.interval * (1 + len(self.hosts)) + 10)
-            self._thread = None
-
-    def _loop(self) -> None:
-        script = f"touch {sh(self.settings.lease_file)}"
-        while not self._stop.wait(self.interval):
-            for host in self.hosts:
-                try:
-                    self.conns.run(host, script, timeout=self.interval)
-                    self.renewals += 1
-                except HostError:
-                    pass  # not started there yet, or cut off: the lease does its job
+    def tick(self) -> None:
+        for host in self.hosts:
+            try:
+                self.conns.run(host, touch_script(self.settings), timeout=self.interval)
+                self.renewals += 1
+            except HostError:
+                pass  # not started there yet, or cut off: the lease does its job

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fabfile.lease import touch_script
 from fabfile.remote import Connections, sh, start_detached_script, stop_script
 from fabfile.settings import Settings
 
@@ -51,7 +52,7 @@ def start_seeding(
         output=seeder_output(settings),
     )
     if leased:
-        start = f"touch {sh(settings.lease_file)} || exit 1\n{start}"
+        start = f"{touch_script(settings)} || exit 1\n{start}"
     conns.run(host, stop_script([settings.pidfile("seeder")], then=start))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fabfile.lease import touch_script
 from fabfile.remote import Connections, sh, start_detached_script, stop_script
 from fabfile.settings import Settings
 
@@ -47,7 +48,7 @@ def start_tracker(conns: Connections, settings: Settings, *, leased: bool = Fals
     # One round trip: on a fleet far from the workstation each one costs a network RTT.
     mkdir = f"mkdir -p -m 700 {sh(settings.temp_path)} {sh(settings.allowed_dir)} || exit 1"
     if leased:
-        mkdir += f"\ntouch {sh(settings.lease_file)} || exit 1"
+        mkdir += f"\n{touch_script(settings)} || exit 1"
     conns.run(host, stop_script([settings.pidfile("tracker")], then=f"{mkdir}\n{start}"))
     return tracker_address(ip, settings.tracker_port)
 

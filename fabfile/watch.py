@@ -15,6 +15,7 @@ import time
 from typing import Callable, Optional, Set
 
 from fabfile.peers import stop_peering
+from fabfile.periodic import Periodic
 from fabfile.remote import Connections, HostError, sh
 from fabfile.seed import seeder_output
 from fabfile.settings import Settings
@@ -79,7 +80,7 @@ class StallJudge:
         return now - self._moved_at >= self.stall_timeout
 
 
-class SeederWatch:
+class SeederWatch(Periodic):
     """A background thread applying :class:`StallJudge` during the swarm; stop() joins it.
 
     ``progress`` returns the swarm's bytes done from the tracker (None when unknown).
@@ -95,26 +96,14 @@ class SeederWatch:
         *,
         interval: float = CHECK_INTERVAL,
     ) -> None:
+        super().__init__("murder-seeder-watch", interval, settings.command_timeout + 10)
         self.conns = conns
         self.settings = settings
         self.progress = progress
-        self.interval = interval
         self.judge = StallJudge(settings.stall_timeout)
         self.downloading: Set[str] = set()
         self.verdict: Optional[str] = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="murder-seeder-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.settings.command_timeout + 10)
-            self._thread = None
 
     def begin(self, host: str) -> bool:
         """Register ``host``'s download; False once the verdict is in (do not start it)."""
@@ -139,15 +128,14 @@ class SeederWatch:
         words = str(out.stdout).strip()
         return words == _ALIVE, words
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.verdict is None and not self._judge():
-                continue
-            # Every round, not once: a host registered just before the verdict may
-            # not have started its peer yet when the first stop reaches it.
-            with self._lock:
-                hosts = sorted(self.downloading)
-            self.conns.map(hosts, lambda h: stop_peering(self.conns, self.settings, h))
+    def tick(self) -> None:
+        if self.verdict is None and not self._judge():
+            return
+        # Every round, not once: a host registered just before the verdict may not
+        # have started its peer yet when the first stop reaches it.
+        with self._lock:
+            hosts = sorted(self.downloading)
+        self.conns.map(hosts, lambda h: stop_peering(self.conns, self.settings, h))
 
     def _judge(self) -> bool:
         """One look at the seeder (until it is gone) and the swarm; True: give up now."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
 from .errors import LeaseError, MurderError
-from .lease import Lease
+from .lease import DEFAULT_SECONDS, Lease
 
 if TYPE_CHECKING:
     from .client import ClientConfig
@@ -106,9 +106,9 @@ def _add_lease_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lease-seconds",
         type=float,
-        default=120.0,
+        default=DEFAULT_SECONDS,
         metavar="SECS",
-        help="how stale the --lease file may get (120)",
+        help=f"how stale the --lease file may get ({DEFAULT_SECONDS:g})",
     )
 
 
