@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from fabfile.settings import Settings
 from fabfile.watch import StallJudge, check_script
 
-SLEEPER = (
-    "import os, sys, time\nopen(sys.argv[1], 'w').write('%d' % os.getpid())\ntime.sleep(120)\n"
+# Writes its pid where told, says "ready", then lives until its stdin closes.
+SEEDER_STANDIN = (
+    "import os, sys\nopen(sys.argv[1], 'w').write('%d' % os.getpid())\n"
+    "print('ready', flush=True)\nsys.stdin.read()\n"
 )
 
 
@@ -78,31 +79,33 @@ def test_check_script_sees_a_live_seeder_then_its_last_words(tmp_path: Path) -> 
     out.write_text("starting\nmurder: error: piece 3 fails its SHA-1 check\n\n")
     # A real process whose command line names murder.pyz, as the engine's does.
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLEEPER, str(pidfile), "/srv/murder/bin/murder.pyz"],
-        stdin=subprocess.DEVNULL,
+        [sys.executable, "-c", SEEDER_STANDIN, str(pidfile), "/srv/murder/bin/murder.pyz"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         assert _check(settings) == "alive"
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate(timeout=30)
     assert _check(settings) == "murder: error: piece 3 fails its SHA-1 check"
 
 
 def test_check_script_does_not_take_a_stranger_for_the_seeder(tmp_path: Path) -> None:
     """A pidfile naming some other live process (a recycled pid) means the seeder is gone."""
     settings = _settings(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
     try:
         Path(settings.pidfile("seeder")).write_text(f"{proc.pid}\n")
         assert _check(settings) == ""  # gone, and no output file to quote
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate(timeout=30)
 
 
 def test_no_download_starts_once_the_verdict_is_in(tmp_path: Path) -> None:
