@@ -185,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OCTAL",
         help="permissions of the .torrent (644; use 600 with --auth: it holds a secret)",
     )
+    mk.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out of a directory every file or directory whose name matches GLOB, "
+        "with all it holds (repeatable; e.g. '.git*' as Murder's tarball did)",
+    )
+    mk.add_argument(
+        "--skip-symlinks",
+        action="store_true",
+        help="leave symlinks inside a directory out instead of refusing them (for a "
+        "caller that carries them another way)",
+    )
     mk.set_defaults(func=cmd_make_torrent)
 
     s = sub.add_parser(
@@ -289,7 +303,15 @@ def cmd_make_torrent(args: argparse.Namespace) -> int:
     url = announce_url(args.tracker)
     if args.auth:
         url = with_auth_token(url)
-    meta = write_torrent(args.path, url, args.output, piece_length=args.piece_size, mode=args.mode)
+    meta = write_torrent(
+        args.path,
+        url,
+        args.output,
+        piece_length=args.piece_size,
+        mode=args.mode,
+        exclude=args.exclude,
+        skip_symlinks=args.skip_symlinks,
+    )
     print(meta.info_hash.hex)
     return 0
 

@@ -17,7 +17,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from . import __version__, bencoding
 from .errors import BencodeError, MetainfoError, StorageError
@@ -311,11 +311,15 @@ def make_metainfo(
     piece_length: Optional[int] = None,
     progress: Optional[Callable[[int], None]] = None,
     private: bool = False,
+    exclude: Sequence[str] = (),
+    skip_symlinks: bool = False,
 ) -> tuple[bytes, Metainfo]:
     """Hash a file (single-file torrent) or a directory (multi-file) into torrent bytes.
 
     ``announce`` is a tracker URL or ``HOST:PORT``. Symlinks given as ``path``
-    are followed; symlinks and special files inside a directory are refused.
+    are followed; symlinks and special files inside a directory are refused, or
+    symlinks left out with ``skip_symlinks``. Names matching a glob of ``exclude``
+    are left out of a directory, with all they hold.
     ``progress(n)`` is called with the size of each piece as it is hashed.
     """
     url = announce_url(announce)
@@ -323,7 +327,11 @@ def make_metainfo(
     name = root.name if root.name not in ("", ".", "..") else root.resolve().name
     try:
         is_dir = root.is_dir()
-        sources = collect_files(root) if is_dir else [_single_source(root, name)]
+        sources = (
+            collect_files(root, exclude=exclude, skip_symlinks=skip_symlinks)
+            if is_dir
+            else [_single_source(root, name)]
+        )
     except OSError as exc:
         raise StorageError(f"cannot read {root}: {exc.strerror or exc}") from exc
     _check_encodable(name, root, "info.name")
@@ -397,13 +405,21 @@ def write_torrent(
     progress: Optional[Callable[[int], None]] = None,
     mode: int = 0o644,
     private: bool = False,
+    exclude: Sequence[str] = (),
+    skip_symlinks: bool = False,
 ) -> Metainfo:
     """``make_metainfo`` then write the torrent atomically to ``target`` (via ``target.tmp``).
 
     Hashing happens before anything is created, so a failure there leaves no file.
     """
     data, meta = make_metainfo(
-        path, announce, piece_length=piece_length, progress=progress, private=private
+        path,
+        announce,
+        piece_length=piece_length,
+        progress=progress,
+        private=private,
+        exclude=exclude,
+        skip_symlinks=skip_symlinks,
     )
     write_atomic(Path(target), data, mode)
     return meta

@@ -9,6 +9,7 @@ format; ``metainfo`` re-exports the public names, so import them from there.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import ipaddress
 import os
@@ -109,11 +110,16 @@ class SourceFile(NamedTuple):
     executable: bool = False  # any x bit: carried as BEP 47's attr "x"
 
 
-def collect_files(root: Path) -> list[SourceFile]:
+def collect_files(
+    root: Path, *, exclude: Sequence[str] = (), skip_symlinks: bool = False
+) -> list[SourceFile]:
     """Every regular file under ``root``, sorted by relative path components.
 
     Symlinks and special files are refused rather than skipped: a deploy that
     silently drops part of the release is worse than one that does not start.
+    ``skip_symlinks`` is for a caller that carries the symlinks some other way (the
+    deploy's tree manifest). A name matching a glob of ``exclude`` is left out with
+    everything under it (Murder's tarball left out ``.git*`` that way).
     Empty directories vanish, as BitTorrent has no way to carry them.
     """
     found: list[SourceFile] = []
@@ -126,6 +132,8 @@ def collect_files(root: Path) -> list[SourceFile]:
         except OSError as exc:
             raise StorageError(f"cannot list {directory}: {exc.strerror or exc}") from exc
         for name, info in listed:
+            if any(fnmatch.fnmatchcase(name, glob) for glob in exclude):
+                continue
             child, child_parts = directory / name, (*parts, name)
             if stat.S_ISDIR(info.st_mode):
                 pending.append((child_parts, child))
@@ -134,6 +142,8 @@ def collect_files(root: Path) -> list[SourceFile]:
                     SourceFile(child_parts, child, info.st_size, bool(info.st_mode & 0o111))
                 )
             elif stat.S_ISLNK(info.st_mode):
+                if skip_symlinks:
+                    continue
                 raise MetainfoError(
                     f"refusing symlink {child}: torrents carry only regular files",
                     key="path",

@@ -81,6 +81,44 @@ def make_executable(f: PayloadFile) -> None:
         raise storage_error(f"cannot make {f.path} executable", exc) from exc
 
 
+#: Descriptors kept free for sockets, the log and the tracker connection.
+SPARE_DESCRIPTORS = 256
+
+
+def make_room_for_files(count: int) -> None:
+    """Raise the soft open-file limit so ``count`` payload files can stay open at once.
+
+    Every file of a payload stays open for the whole run (each block is one pread or
+    pwrite), so a release of thousands of files needs more than the usual soft limit
+    of 1024. Raising the soft limit up to the hard one needs no privilege.
+    """
+    try:
+        import resource
+    except ImportError:  # not Unix: nothing to raise, and the open itself will say
+        return
+    needed = _descriptors_in_use() + count + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise StorageError(
+            f"the payload has {count} files, more than the open-file limit allows "
+            f"(hard limit {hard}, {SPARE_DESCRIPTORS} kept for sockets): raise it "
+            "(ulimit -Hn) or send the release as one tarball"
+        )
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot raise the open-file limit to {needed}: {exc}") from exc
+
+
+def _descriptors_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc: count on the spare ones
+        return 0
+
+
 def join_inside(root: pathlib.Path, parts: tuple[str, ...]) -> pathlib.Path:
     """Join a torrent path to ``root``, refusing any component that could leave it."""
     for part in parts:

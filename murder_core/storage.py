@@ -31,6 +31,7 @@ from .payload_files import (
     create_file,
     fsync_directory,
     make_executable,
+    make_room_for_files,
     open_existing,
     payload_layout,
     pread,
@@ -96,6 +97,7 @@ class Storage:
         except OSError as exc:
             raise storage_error(f"cannot check free space in {parent}", exc) from exc
         check_free_space(parent, needed, stats)
+        make_room_for_files(len(files))
         storage = cls(meta, part, files, final=False)
         try:
             for f in files:
@@ -115,6 +117,7 @@ class Storage:
         files = payload_layout(meta, root)
         if meta.multi_file and not root.is_dir():
             raise StorageError(f"{root} must be a directory: the torrent holds several files")
+        make_room_for_files(len(files))
         storage = cls(meta, root, files, final=True)
         try:
             for f in files:

@@ -44,6 +44,65 @@ def test_every_subcommand_explains_itself(command: str) -> None:
         assert "--linger" in out.stdout and "--timeout" in out.stdout
 
 
+def test_make_torrent_excludes_and_skips_symlinks(tmp_path: Path) -> None:
+    from murder_core.metainfo import read_metainfo
+
+    root = tmp_path / "rel"
+    (root / ".git").mkdir(parents=True)
+    (root / ".git" / "HEAD").write_bytes(b"ref")
+    (root / "app.py").write_bytes(b"print(1)")
+    (root / "current").symlink_to("app.py")
+    target = tmp_path / "rel.torrent"
+    refused = murder("make-torrent", str(root), "--tracker", "127.0.0.1:9", "-o", str(target))
+    assert refused.returncode != 0 and "refusing symlink" in refused.stderr
+    assert not target.exists()
+    out = murder(
+        *("make-torrent", str(root), "--tracker", "127.0.0.1:9", "-o", str(target)),
+        *("--exclude", ".git*", "--skip-symlinks"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert [f.path for f in read_metainfo(target).files] == [("app.py",)]
+
+
+_OPEN_ALL = """
+import resource, sys
+from murder_core.metainfo import read_metainfo
+from murder_core.storage import Storage
+resource.setrlimit(resource.RLIMIT_NOFILE, (100, int(sys.argv[4])))
+meta = read_metainfo(sys.argv[1])
+with Storage.for_seed(meta, sys.argv[2]), Storage.for_download(meta, sys.argv[3]):
+    print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+@pytest.mark.parametrize("hard, ok", [(1200, True), (300, False)])
+def test_many_files_raise_the_open_file_limit_or_say_why(
+    tmp_path: Path, hard: int, ok: bool
+) -> None:
+    """A seeder and a peer of 400 files keep 800 open: more than a soft limit of 100."""
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(400):
+        (root / f"f{i:03}").write_bytes(b"%d" % i)
+    torrent = tmp_path / "many.torrent"
+    made = murder("make-torrent", str(root), "--tracker", "127.0.0.1:9", "-o", str(torrent))
+    assert made.returncode == 0, made.stderr
+    out = subprocess.run(
+        [sys.executable, "-c", _OPEN_ALL, str(torrent), str(root), str(tmp_path / "dl"), str(hard)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    if ok:
+        assert out.returncode == 0, out.stderr
+        assert int(out.stdout) >= 800
+        assert len(list((tmp_path / "dl.part").iterdir())) == 400
+    else:
+        assert out.returncode != 0
+        assert "400 files, more than the open-file limit allows (hard limit 300" in out.stderr
+
+
 def test_missing_torrent_is_exit_3_with_its_path(tmp_path: Path) -> None:
     out = murder("peer", str(tmp_path / "nope.torrent"), str(tmp_path / "x"), "--foreground")
     assert out.returncode == 3

@@ -141,6 +141,24 @@ def test_collect_files_sorts_by_path_components(tmp_path: Path) -> None:
     ]
 
 
+def test_collect_files_leaves_out_excluded_names_and_all_under_them(tmp_path: Path) -> None:
+    _tree(tmp_path, {".git/objects/x": b"1", ".gitignore": b"2", "a/.github/w": b"3", "a/b": b"4"})
+    found = [s.parts for s in collect_files(tmp_path, exclude=[".git*"])]
+    assert found == [("a", "b")]
+    everything = [s.parts for s in collect_files(tmp_path)]
+    assert len(everything) == 4
+
+
+def test_collect_files_skips_symlinks_only_when_asked(tmp_path: Path) -> None:
+    _tree(tmp_path, {"f": b"x", "d/g": b"yy"})
+    (tmp_path / "link").symlink_to("f")
+    (tmp_path / "dlink").symlink_to("d")
+    found = [s.parts for s in collect_files(tmp_path, skip_symlinks=True)]
+    assert found == [("d", "g"), ("f",)]
+    with pytest.raises(MetainfoError, match="refusing symlink"):
+        collect_files(tmp_path)
+
+
 # --- refusing to make ---
 
 
