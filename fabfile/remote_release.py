@@ -10,7 +10,12 @@ directory mtime is set when it is installed, which orders releases for prune and
 rollback without a separate state file.
 
 Commands:
-  extract SRC TARGET KIND NAME REPLACE   KIND tar|file; REPLACE 1 replaces a non-empty TARGET
+  manifest SRC OUT [GLOB...]             write SRC's tree (dirs, files, symlinks, with modes
+                                         and mtimes; names matching a GLOB left out) to OUT
+  extract SRC TARGET KIND NAME REPLACE   KIND tar|file|tree|tree-copy; REPLACE 1 replaces a
+                                         non-empty TARGET. For tree kinds SRC is a directory
+                                         holding the manifest's files (moved into place, or
+                                         copied for tree-copy) and NAME is the manifest
   install SRC DEST TAG KIND NAME REPLACE KEEP
                                          extract into DEST/releases/TAG, switch, prune: one
                                          process per host instead of three
@@ -23,8 +28,11 @@ Commands:
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
+import stat
 import sys
 import tarfile
 import time
@@ -34,7 +42,9 @@ from collections.abc import Sequence
 # cores wait for each other: typing is imported only by the type checker.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Optional
+    from typing import Any, Optional
+
+    Manifest = dict[str, Any]
 
 PROG = "murder-release"
 EXIT_REFUSED = 3
@@ -168,6 +178,174 @@ def extract_tar(
         raise ReleaseError(f"{src} is not a readable tarball: {exc}") from exc
 
 
+# --- a release sent as its own files (transfer=tree) --------------------------------
+# The torrent carries the regular files; the manifest carries what BitTorrent cannot:
+# directories (empty ones too), symlinks, modes and mtimes. Both come from the same walk
+# of the seeder's tree, so the peer checks that what it downloaded is what the manifest
+# lists, then makes the rest of the tree as tar's ``data`` filter would.
+MANIFEST_VERSION = 1
+#: A manifest is a few hundred bytes per entry: cap what a host will read.
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+
+
+def _mode(st: os.stat_result) -> int:
+    return stat.S_IMODE(st.st_mode) & 0o755  # no setuid/setgid/sticky, no group/other write
+
+
+def build_manifest(src: str, exclude: Sequence[str]) -> Manifest:
+    """Walk ``src`` (not following symlinks), refusing what a deploy could not recreate."""
+    if not os.path.isdir(src) or os.path.islink(src):
+        raise ReleaseError(f"{src} is not a directory", EXIT_REFUSED)
+    dirs, files, links = [], [], []
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(os.path.join(src, rel)) as entries:
+            listed = sorted((e.name, e.stat(follow_symlinks=False)) for e in entries)
+        for name, st in listed:
+            if any(fnmatch.fnmatchcase(name, glob) for glob in exclude):
+                continue
+            path = f"{rel}/{name}" if rel else name
+            if stat.S_ISDIR(st.st_mode):
+                dirs.append([path, _mode(st), st.st_mtime_ns])
+                pending.append(path)
+            elif stat.S_ISREG(st.st_mode):
+                files.append([path, _mode(st), st.st_mtime_ns, st.st_size])
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(os.path.join(src, path))
+                _check_link(path, target)
+                links.append([path, target, st.st_mtime_ns])
+            else:
+                raise ReleaseError(f"refusing special file {path!r} in {src}", EXIT_UNSAFE)
+    return {"version": MANIFEST_VERSION, "dirs": dirs, "files": files, "links": links}
+
+
+def write_manifest(src: str, out: str, exclude: Sequence[str]) -> None:
+    data = json.dumps(build_manifest(src, exclude), separators=(",", ":")).encode()
+    tmp = f"{out}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, out)
+
+
+def _check_path(path: object) -> str:
+    if not isinstance(path, str) or not path or path.startswith("/") or "\0" in path:
+        raise ReleaseError(f"unsafe manifest path {path!r}", EXIT_UNSAFE)
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise ReleaseError(f"unsafe manifest path {path!r}: it leaves the release", EXIT_UNSAFE)
+    return path
+
+
+def _check_link(path: str, target: object) -> str:
+    """As tar's ``data`` filter: a symlink must point inside the release, by a relative path."""
+    if not isinstance(target, str) or not target or "\0" in target or target.startswith("/"):
+        raise ReleaseError(f"unsafe symlink {path!r} to {target!r}: absolute", EXIT_UNSAFE)
+    where = os.path.normpath(os.path.join("/r", os.path.dirname(path), target))
+    if not _within("/r", where):
+        raise ReleaseError(
+            f"unsafe symlink {path!r} to {target!r}: it leaves the release", EXIT_UNSAFE
+        )
+    return target
+
+
+def _int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ReleaseError(f"bad manifest: {what} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def read_manifest(path: str) -> Manifest:
+    """The manifest at ``path``, every field checked before anything is touched."""
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ReleaseError(f"bad manifest {path}: more than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ReleaseError(f"bad manifest {path}: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("version") != MANIFEST_VERSION:
+        raise ReleaseError(f"bad manifest {path}: not a version {MANIFEST_VERSION} manifest")
+    shapes = {"dirs": 3, "files": 4, "links": 3}
+    for key, width in shapes.items():
+        rows = doc.get(key)
+        if not isinstance(rows, list) or any(
+            not isinstance(r, list) or len(r) != width for r in rows
+        ):
+            raise ReleaseError(f"bad manifest {path}: {key} must be rows of {width} fields")
+    seen: set[str] = set()
+    for row in doc["dirs"] + doc["files"] + doc["links"]:
+        if _check_path(row[0]) in seen:
+            raise ReleaseError(f"bad manifest {path}: {row[0]!r} appears twice")
+        seen.add(row[0])
+    for name, mode, mtime in doc["dirs"]:
+        _int(mode, f"the mode of {name!r}"), _int(mtime, f"the mtime of {name!r}")
+    for name, mode, mtime, size in doc["files"]:
+        _int(mode, f"the mode of {name!r}"), _int(mtime, f"the mtime of {name!r}")
+        _int(size, f"the size of {name!r}")
+    links = set()
+    for name, target, mtime in doc["links"]:
+        _check_link(name, target), _int(mtime, f"the mtime of {name!r}")
+        links.add(name)
+    for name in seen:  # nothing may live under a symlink: writes would follow it
+        parts = name.split("/")
+        if any("/".join(parts[:i]) in links for i in range(1, len(parts))):
+            raise ReleaseError(f"unsafe manifest path {name!r}: below a symlink", EXIT_UNSAFE)
+    return doc
+
+
+def _regular_files(root: str) -> dict[str, int]:
+    """Relative path -> size of every regular file under ``root``; refuses anything else."""
+    found = {}
+    for top, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(top, name)
+            st = os.lstat(full)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if stat.S_ISREG(st.st_mode):
+                found[rel] = st.st_size
+            elif not stat.S_ISDIR(st.st_mode):
+                raise ReleaseError(f"unexpected {rel!r} in the downloaded release", EXIT_UNSAFE)
+    return found
+
+
+def apply_manifest(root: str, doc: Manifest, copy_from: Optional[str] = None) -> None:
+    """Make ``root`` the tree ``doc`` describes.
+
+    ``root`` holds the downloaded files, or (``copy_from``) they are copied in from the
+    seeder's own tree. Directories get their modes and mtimes last, deepest first,
+    since making anything inside one changes its mtime.
+    """
+    for name, _, _ in doc["dirs"]:
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+    if copy_from is not None:
+        for name, _, _, _ in doc["files"]:
+            shutil.copyfile(os.path.join(copy_from, name), os.path.join(root, name))
+    expected = {name: size for name, _, _, size in doc["files"]}
+    found = _regular_files(root)
+    if found != expected:
+        extra = sorted(set(found) - set(expected))[:3]
+        other = sorted(n for n in expected if found.get(n) != expected[n])[:3]
+        raise ReleaseError(
+            f"the files in {root} do not match the manifest (missing or wrong size: "
+            f"{other}, not listed: {extra})"
+        )
+    for name, target, mtime in doc["links"]:
+        path = os.path.join(root, name)
+        os.symlink(target, path)
+        os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+    for name, mode, mtime, _ in doc["files"]:
+        path = os.path.join(root, name)
+        os.chmod(path, mode | 0o600)  # tar's data filter keeps files readable by the owner
+        os.utime(path, ns=(mtime, mtime))
+    for name, mode, mtime in sorted(doc["dirs"], key=lambda row: -row[0].count("/")):
+        path = os.path.join(root, name)
+        os.chmod(path, mode | 0o700)
+        os.utime(path, ns=(mtime, mtime))
+    os.chmod(root, 0o755)
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -192,11 +370,22 @@ def extract(
     os.makedirs(parent, exist_ok=True)
     work = os.path.join(parent, f".{base}.murder-tmp")
     old = os.path.join(parent, f".{base}.murder-old")
-    _remove(work)
     _remove(old)
-    os.mkdir(work, 0o755)
+    if kind == "tree":
+        work = os.path.abspath(src)  # the downloaded tree itself becomes the release
+        if os.path.dirname(work) != parent:
+            raise ReleaseError(f"{src} must be beside {target} to be renamed into place")
+    else:
+        _remove(work)
+        os.mkdir(work, 0o755)
     try:
-        if kind == "file":
+        if kind in ("tree", "tree-copy"):
+            doc = read_manifest(name)
+            if kind == "tree-copy":
+                needed = sum(row[3] + MEMBER_OVERHEAD for row in doc["files"])
+                check_space(work, needed, target)
+            apply_manifest(work, doc, copy_from=src if kind == "tree-copy" else None)
+        elif kind == "file":
             if not name or "/" in name or name in (".", ".."):
                 raise ReleaseError(f"bad file name {name!r}")
             check_space(work, os.path.getsize(src) + MEMBER_OVERHEAD, target)
@@ -291,7 +480,9 @@ def rollback(dest: str, tag: str = "") -> str:
 def main(argv: Sequence[str]) -> int:
     try:
         if not argv:
-            raise ReleaseError("usage: extract|install|switch|prune|rollback|exists|current ...", 2)
+            raise ReleaseError(
+                "usage: manifest|extract|install|switch|prune|rollback|exists|current ...", 2
+            )
         cmd, args = argv[0], list(argv[1:])
         if cmd == "extract" and len(args) == 5:
             extract(args[0], args[1], args[2], args[3], args[4] == "1")
@@ -300,6 +491,8 @@ def main(argv: Sequence[str]) -> int:
             extract(src, os.path.join(_releases_dir(dest), tag), kind, name, replace == "1")
             switch(dest, tag)
             print(" ".join(prune(dest, int(keep))))
+        elif cmd == "manifest" and len(args) >= 2:
+            write_manifest(args[0], args[1], args[2:])
         elif cmd == "switch" and len(args) == 2:
             switch(args[0], args[1])
         elif cmd == "prune" and len(args) == 2:
