@@ -31,6 +31,7 @@ from fabfile.seed import start_seeding
 from fabfile.settings import Settings, settings_from_config
 from fabfile.teardown import teardown
 from fabfile.torrent import (
+    download_manifest,
     download_torrent,
     make_payload,
     make_torrent,
@@ -240,7 +241,8 @@ def _deploy(
     meta = read_metainfo(local_torrent)
     report.info_hash, report.payload_bytes = info_hash, meta.total_length
     publish_torrent(conns, settings, local_torrent)
-    drop_failed(upload_torrents(conns, settings, local_torrent, list(live)))
+    manifest = download_manifest(conns, settings) if settings.tree else None
+    drop_failed(upload_torrents(conns, settings, local_torrent, list(live), manifest))
     _mark(report, started, "torrent")
     # make_torrent hashed the payload just now, so each piece is checked as it first
     # leaves; and the seeder, like the tracker, stops itself if the lease lapses.
@@ -288,7 +290,14 @@ def _deploy(
         finally:
             watch.end(host)
         seconds = time.monotonic() - begun if fetched else None
-        install_release(conns, host, settings, path_is_file=path_is_file, file_name=file_name)
+        install_release(
+            conns,
+            host,
+            settings,
+            path_is_file=path_is_file,
+            file_name=file_name,
+            downloaded=fetched,
+        )
         return seconds
 
     watch.start()
@@ -352,6 +361,8 @@ def _finish(report: DeployReport, what: str) -> None:
         "force": "deploy even if releases/TAG exists already (replaces it)",
         "json": "also write the per-host report as JSON to this file",
         "inventory": "Ansible-style hosts.ini (default: murder.inventory config)",
+        "transfer": "tarball (default: one tarball, extracted on every peer) or tree (the "
+        "release's own files, downloaded straight into releases/TAG)",
     }
 )
 def deploy(
@@ -368,6 +379,7 @@ def deploy(
     remote_murder_path: Optional[str] = None,
     tracker_port: Optional[str] = None,
     keep_releases: Optional[str] = None,
+    transfer: Optional[str] = None,
 ) -> None:
     """Deploy a release to every peer through the swarm (tracker, seed, peers, switch)."""
     try:
@@ -385,6 +397,7 @@ def deploy(
             remote_murder_path=remote_murder_path,
             tracker_port=tracker_port,
             keep_releases=keep_releases,
+            transfer=transfer,
         )
         report = run_deploy(settings, config=c.config)
     except MurderError as exc:

@@ -15,6 +15,7 @@ Manual use, in the order of Murder's README::
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 from invoke.context import Context
@@ -37,7 +38,8 @@ H_MURDER = "where murder.pyz lives on the hosts (default /srv/murder/bin)"
 def _session(c: Context, **flags: Any) -> Iterator[Tuple[Settings, Connections]]:
     """Settings + connections for one task; murder errors become a clean non-zero exit."""
     try:
-        settings = settings_from_config(c.config.murder, **flags)
+        # Murder's tasks are Murder's workflow: a tarball, whatever fab deploy's transfer.
+        settings = replace(settings_from_config(c.config.murder, **flags), transfer="tarball")
         conns = open_connections(settings, c.config)
     except MurderError as exc:
         raise Exit(f"murder: {exc}", code=1) from exc

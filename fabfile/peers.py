@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 from fabfile.remote import Connections, HostError, Outcome, last_line, sh, stop_script
 from fabfile.settings import Settings
@@ -40,18 +40,29 @@ def describe_exit(code: int) -> str:
     return f"failed (exit {code})"
 
 
-def upload_torrent(conns: Connections, settings: Settings, local: Path, host: str) -> None:
+def upload_torrent(
+    conns: Connections, settings: Settings, local: Path, host: str, manifest: Optional[Path] = None
+) -> None:
     conns.run(host, f"mkdir -p -m 700 {sh(settings.temp_path)}")
     conns.put(host, str(local), settings.torrent)
+    if manifest is not None:
+        conns.put(host, str(manifest), settings.manifest)
 
 
 def upload_torrents(
-    conns: Connections, settings: Settings, local: Path, hosts: Sequence[str]
+    conns: Connections,
+    settings: Settings,
+    local: Path,
+    hosts: Sequence[str],
+    manifest: Optional[Path] = None,
 ) -> Dict[str, Outcome[None]]:
-    """Copy the .torrent to every peer in parallel (the seeder already has it)."""
+    """Copy the .torrent (and a tree's manifest) to every peer in parallel.
+
+    The seeder made both and has them already."""
     seeder = conns.inventory.seeder.name
     return conns.map(
-        hosts, lambda h: None if h == seeder else upload_torrent(conns, settings, local, h)
+        hosts,
+        lambda h: None if h == seeder else upload_torrent(conns, settings, local, h, manifest),
     )
 
 
@@ -62,7 +73,7 @@ def peer_script(settings: Settings, ip: str) -> str:
         settings.pyz_remote,
         "peer",
         settings.torrent,
-        settings.payload,
+        settings.download_target,
         "--ip",
         ip,
         "--bind",
@@ -77,8 +88,11 @@ def peer_script(settings: Settings, ip: str) -> str:
         str(settings.peer_timeout),
         "--quiet",
     ]
+    # A tree downloads beside the releases, whose directory gets the usual modes: the
+    # umask 077 that keeps the temp files private comes after it.
+    releases = f"mkdir -p {sh(settings.releases_dir)} && " if settings.tree else ""
     return (
-        f"mkdir -p -m 700 {sh(settings.temp_path)} && umask 077 && "
+        f"{releases}mkdir -p -m 700 {sh(settings.temp_path)} && umask 077 && "
         f"echo $$ > {sh(settings.pidfile('peer-fg'))} && exec {sh(*argv)}"
     )
 

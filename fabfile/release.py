@@ -54,11 +54,26 @@ def extract_on(
 
 
 def install_release(
-    conns: Connections, host: str, settings: Settings, *, path_is_file: bool, file_name: str
+    conns: Connections,
+    host: str,
+    settings: Settings,
+    *,
+    path_is_file: bool,
+    file_name: str,
+    downloaded: bool = True,
 ) -> None:
-    """releases/TAG, then the atomic switch of ``current``, then prune to keep_releases."""
-    kind = "file" if path_is_file else "tar"
-    args = [settings.payload, settings.destination_path, settings.require_tag(), kind, file_name]
+    """releases/TAG, then the atomic switch of ``current``, then prune to keep_releases.
+
+    A tree's download is renamed into place; a seeder that is also a peer (it did not
+    download) copies the files from its own tree.
+    """
+    kind, src = ("file" if path_is_file else "tar"), settings.payload
+    if settings.tree:
+        kind, src = ("tree", settings.download_target)
+        if not downloaded:
+            kind, src = ("tree-copy", settings.seed_source)
+        file_name = settings.manifest
+    args = [src, settings.destination_path, settings.require_tag(), kind, file_name]
     args += ["1" if settings.force else "0", str(settings.keep_releases)]
     conns.run(host, helper_command(settings, "install", *args))
 

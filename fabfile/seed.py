@@ -19,7 +19,7 @@ def seed_argv(
         settings.pyz_remote,
         "seed",
         settings.torrent,
-        settings.payload,
+        settings.seed_source,
         "--ip",
         ip,
         "--bind",

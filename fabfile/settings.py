@@ -24,6 +24,10 @@ DEFAULTS: Dict[str, Any] = {
     # gzip the tarball, as Murder did. Off for releases that are already compressed, or
     # where the network is faster than gzip (about 20-60 MB/s per core).
     "compress": True,
+    # fab deploy sends the release as one tarball (Murder's way: gzip can shrink it, and
+    # every peer extracts it) or, with "tree", as its own files: no tarball to pack on
+    # the seeder and none to extract on the peers, whose download becomes the release.
+    "transfer": "tarball",
     "no_tag_directory": False,
     "unsafe_please_delete": False,
     "destination_path": "/srv/murder/app",
@@ -77,6 +81,7 @@ _BOOL_KEYS = (
     "force",
     "progress",
 )
+TRANSFERS = ("tarball", "tree")
 _REMOTE_PATH_KEYS = ("destination_path", "temp_path", "remote_murder_path")
 
 
@@ -136,6 +141,7 @@ class Settings:
     local_path: Optional[str] = None
     path_is_file: bool = False
     compress: bool = True
+    transfer: str = DEFAULTS["transfer"]
     no_tag_directory: bool = False
     unsafe_please_delete: bool = False
     destination_path: str = DEFAULTS["destination_path"]
@@ -168,6 +174,13 @@ class Settings:
             check_remote_path("files_path", self.files_path)
         if self.files_path is not None and self.local_path is not None:
             raise DeployError("give either files_path (on the seeder) or local_path, not both")
+        if self.transfer not in TRANSFERS:
+            raise DeployError(f"transfer must be tarball or tree, got {self.transfer!r}")
+        if self.tree and (self.local_path is not None or self.path_is_file):
+            raise DeployError(
+                "transfer=tree sends a directory on the seeder (files_path); "
+                "--local-path and path_is_file go as one file: use transfer=tarball"
+            )
         if not self.python or any(ch.isspace() for ch in self.python):
             raise DeployError(f"python must be one command without spaces, got {self.python!r}")
         if self.python.startswith("-") or not _PYTHON_RE.match(self.python):
@@ -185,14 +198,39 @@ class Settings:
         return check_tag(self.tag)
 
     @property
+    def tree(self) -> bool:
+        return self.transfer == "tree"
+
+    @property
     def payload(self) -> str:
         """Murder's ``filename``: the tarball (or the file itself) being swarmed."""
         return f"{self.temp_path}/{self.payload_name}"
 
     @property
     def payload_name(self) -> str:
-        """``TAG.tgz`` as in Murder, or ``TAG.tar`` with ``compress`` off."""
+        """``TAG.tgz`` as in Murder, ``TAG.tar`` with ``compress`` off, ``TAG.tree``."""
+        if self.tree:
+            return f"{self.require_tag()}.tree"
         return f"{self.require_tag()}.{'tgz' if self.compress else 'tar'}"
+
+    @property
+    def manifest(self) -> str:
+        """transfer=tree: what the torrent cannot carry (see ``remote_release``)."""
+        return f"{self.temp_path}/{self.require_tag()}.tree.json"
+
+    @property
+    def seed_source(self) -> str:
+        """What the seeder serves: the tarball, or the release directory itself."""
+        if self.tree and self.files_path is not None:
+            return self.files_path
+        return self.payload
+
+    @property
+    def download_target(self) -> str:
+        """Where a peer downloads: the tarball in temp_path, or (tree) beside the releases."""
+        if self.tree:
+            return f"{self.releases_dir}/.{self.require_tag()}.incoming"
+        return self.payload
 
     @property
     def torrent(self) -> str:

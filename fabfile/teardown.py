@@ -28,7 +28,11 @@ def clean_script(settings: Settings) -> str:
         settings.pidfile("peer-fg"),
         settings.lease_file,
     ]
-    return f"rm -f -- {sh(*files)}"
+    if not settings.tree:
+        return f"rm -f -- {sh(*files)}"
+    # A tree download that never became releases/TAG (the install renames it away).
+    trees = [settings.download_target, settings.download_target + ".part"]
+    return f"rm -f -- {sh(*files, settings.manifest)} && rm -rf -- {sh(*trees)}"
 
 
 def clean_temp_files(conns: Connections, settings: Settings, host: str) -> None:

@@ -1,7 +1,9 @@
 """create_torrent / download_torrent: the payload on the seeder and its .torrent.
 
 As in Murder, the payload is ``temp_path/TAG.tgz``: a tarball of ``files_path`` without
-``.git*``, or (``path_is_file``) that one file as is. ``--local-path`` stages a
+``.git*``, or (``path_is_file``) that one file as is. With ``transfer=tree`` the torrent
+holds ``files_path``'s own files instead, and ``temp_path/TAG.tree.json`` the rest of
+the tree (see ``remote_release``). ``--local-path`` stages a
 workstation directory or file onto the seeder first, as Murder's deploy strategy did.
 
 Each deploy's .torrent carries a fresh secret in its announce URL (``make-torrent
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
+from fabfile.release import helper_command
 from fabfile.remote import Connections, HostError, sh
 from fabfile.settings import Settings
 from fabfile.tracker import tracker_address
@@ -28,6 +31,8 @@ from murder_core.errors import DeployError, MurderError
 from murder_core.tracker.requests import announce_auth
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+#: Left out of every release, as Murder's ``tar --exclude '.git*'`` did.
+EXCLUDE = (".git*",)
 
 
 def private_dir_script(path: str) -> str:
@@ -106,6 +111,9 @@ def stage_local(conns: Connections, settings: Settings, local_path: str) -> bool
 def payload_script(settings: Settings, files_path: str, path_is_file: bool) -> str:
     temp, payload = settings.temp_path, settings.payload
     head = f"umask 077 && {{ {private_dir_script(temp)}; }} && "
+    if settings.tree:
+        # No tarball: the manifest of what the torrent cannot carry is all there is to make.
+        return head + helper_command(settings, "manifest", files_path, settings.manifest, *EXCLUDE)
     if path_is_file:
         return head + f"cp -- {sh(files_path)} {sh(payload)}"
     return head + (
@@ -145,9 +153,11 @@ def make_torrent(conns: Connections, settings: Settings) -> str:
 
 
 def make_torrent_argv(settings: Settings, tracker: str) -> list[str]:
+    # A tree's symlinks travel in the manifest; .git* stays out of both, as from the tarball.
+    tree = [f"--exclude={glob}" for glob in EXCLUDE] + ["--skip-symlinks"] if settings.tree else []
     return [
-        *(settings.python, settings.pyz_remote, "make-torrent", settings.payload),
-        *("--tracker", tracker, "--auth", "--mode", "600", "-o", settings.torrent),
+        *(settings.python, settings.pyz_remote, "make-torrent", settings.seed_source),
+        *("--tracker", tracker, "--auth", "--mode", "600", "-o", settings.torrent, *tree),
     ]
 
 
@@ -176,6 +186,16 @@ def download_torrent(conns: Connections, settings: Settings) -> Path:
     open_private(partial)
     conns.get(conns.inventory.seeder.name, settings.torrent, str(partial))
     partial.chmod(0o600)
+    partial.replace(local)
+    return local
+
+
+def download_manifest(conns: Connections, settings: Settings) -> Path:
+    """transfer=tree: fetch the seeder's manifest beside the local .torrent (mode 0600)."""
+    local = local_torrent_path(settings).with_suffix(".json")
+    partial = local.with_name(local.name + ".part")
+    open_private(partial)
+    conns.get(conns.inventory.seeder.name, settings.manifest, str(partial))
     partial.replace(local)
     return local
 

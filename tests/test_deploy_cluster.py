@@ -420,6 +420,61 @@ def test_run_deploy_from_python_with_files_on_the_seeder(env: Env) -> None:
     assert_nothing_left(env)
 
 
+TREE_LISTING = (
+    "cd {dir} && find . -mindepth 1 -name '.git*' -prune -o -printf '%y %m %T@ %p -> %l\\n' | sort"
+)
+
+
+def test_deploy_a_tree_keeps_modes_mtimes_links_and_empty_dirs(env: Env) -> None:
+    """transfer=tree: the peers download the release's own files into releases/.TAG.incoming
+    and the manifest makes the rest; h1 (tracker, seeder and a peer) copies its own."""
+    src = "/srv/murder/src-t1"
+    env.sh(
+        "h1",
+        f"mkdir -p {src}/bin {src}/empty/deeper {src}/.git && cd {src} && "
+        "head -c 2000000 /dev/urandom > bin/app && chmod 750 bin/app && "
+        "echo conf > app.ini && chmod 640 app.ini && : > zero && "
+        "ln -s bin/app run && ln -s ../bin empty/up && echo ref > .git/HEAD && "
+        "touch -h -d '2020-02-03 04:05:06.123456789' bin/app app.ini zero run empty/up "
+        "empty/deeper empty bin",
+    )
+    want = env.sh("h1", TREE_LISTING.format(dir=src))
+    assert "f 640" in want and "f 750" in want and "l 777" in want and ".git" not in want, want
+    app = env.sh("h1", f"sha256sum < {src}/bin/app")
+    inventory = env.work / "tree.ini"
+    everyone = [h.name for h in env.info.hosts]
+    inventory.write_text("[peers]\n" + "\n".join(everyone) + "\n")
+    out = env.fab(
+        "deploy",
+        *("--tag", "t1", "--files-path", src, "--transfer", "tree"),
+        *("--inventory", str(inventory)),
+        destination_path="/srv/murder/tree",
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    for host in everyone:
+        assert env.current(host, "/srv/murder/tree") == "releases/t1"
+        got = env.sh(host, TREE_LISTING.format(dir="/srv/murder/tree/current/"))
+        assert got == want, host
+        assert env.sh(host, "sha256sum < /srv/murder/tree/current/bin/app") == app, host
+        assert env.sh(host, "ls -A /srv/murder/tree/releases").split() == ["t1"], host
+        temp = env.sh(host, "ls -A /tmp/murder | grep -v -e '[.]log$' -e '[.]out$' || true")
+        assert "t1" not in temp, host  # manifest, torrent, lease: gone; logs stay
+    assert_nothing_left(env)
+
+
+def test_deploy_a_tree_refuses_a_link_out_of_the_release_before_the_swarm(env: Env) -> None:
+    src = "/srv/murder/src-t2"
+    env.sh("h1", f"mkdir -p {src} && echo x > {src}/f && ln -sfn /etc/passwd {src}/pw")
+    out = env.fab(
+        "deploy", *("--tag", "t2", "--files-path", src, "--transfer", "tree"), timeout=120
+    )
+    assert out.returncode == 1
+    assert "unsafe symlink 'pw' to '/etc/passwd': absolute" in out.stdout + out.stderr
+    for host in PEERS:
+        assert env.sh(host, "ls -a /srv/murder/app/releases | grep -c t2 || true").strip() == "0"
+    assert_nothing_left(env)
+
+
 def test_unknown_host_keys_are_refused(env: Env) -> None:
     strict = env.work / "ssh_config_empty_known_hosts"
     empty = env.work / "known_hosts_empty"

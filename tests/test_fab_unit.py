@@ -341,6 +341,41 @@ def test_clean_script_removes_only_this_tags_files(tmp_path: Path) -> None:
     assert [p for p in kept if Path(p).exists()] == kept
 
 
+def test_clean_script_removes_an_unfinished_tree_download_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """transfer=tree: a peer stopped mid-swarm leaves releases/.v1.incoming.part behind."""
+    temp, dest, src = tmp_path / "tmp", tmp_path / "app", tmp_path / "src"
+    s = settings_from_config(
+        {},
+        tag="v1",
+        temp_path=str(temp),
+        destination_path=str(dest),
+        files_path=str(src),
+        transfer="tree",
+    )
+    for d in (temp, src, Path(s.download_target + ".part") / "sub", dest / "releases" / "v0"):
+        d.mkdir(parents=True)
+    for path in (s.manifest, s.torrent, src / "f", Path(s.download_target + ".part") / "sub" / "f"):
+        Path(path).write_text("x")
+    subprocess.run(["sh", "-c", clean_script(s)], check=True)
+    assert sorted(os.listdir(dest / "releases")) == ["v0"]
+    assert os.listdir(temp) == [] and os.listdir(src) == ["f"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"transfer": "rsync"}, "transfer must be tarball or tree, got 'rsync'"),
+        ({"transfer": "tree", "local_path": "/x"}, "--local-path and path_is_file go as one"),
+        ({"transfer": "tree", "path_is_file": True}, "use transfer=tarball"),
+    ],
+)
+def test_transfer_setting_is_checked(flags: Dict[str, Any], message: str) -> None:
+    with pytest.raises(DeployError, match=message):
+        settings_from_config({}, tag="v1", **flags)
+
+
 def test_last_line() -> None:
     assert last_line("a\n\nmurder: error: no space\n\n") == "murder: error: no space"
     assert last_line("") == ""
