@@ -52,12 +52,13 @@ PORTS = ("6881", "6899")
 #: Everything a method may leave on a peer; removed before each method.
 LEFTOVERS = (DL_DIR, "/srv/murder/app", "/srv/murder/bin", "/tmp/murder")
 SEEDHOOK = Path(__file__).resolve().parent / "bench_seedhook.py"
-METHODS = ("scp", "aria2c", "murder", "fab")
+METHODS = ("scp", "aria2c", "murder", "fab", "fab-tree")
 LABELS = {
     "scp": "scp fan-out",
     "aria2c": "aria2c swarm",
     "murder": "murder swarm",
     "fab": "fab deploy",
+    "fab-tree": "fab deploy, tree",
 }
 
 
@@ -86,7 +87,7 @@ class Round:
     def timeout(self, method: str) -> float:
         if method == "scp":
             return 3 * self.n * self.t_min + 120
-        return 10 * self.t_min + (300 if method == "fab" else 120)
+        return 10 * self.t_min + (300 if method.startswith("fab") else 120)
 
 
 @dataclass
@@ -109,6 +110,7 @@ def run_method(r: Round, method: str, rep: int) -> MethodRun:
         "aria2c": _aria2c,
         "murder": _murder,
         "fab": _fab,
+        "fab-tree": lambda r, run, procs: _fab(r, run, procs, transfer="tree"),
     }
     run = MethodRun(method, r.n, rep)
     remove_private(r.info, [r.seeder, *r.peers], LEFTOVERS)
@@ -393,7 +395,8 @@ def _murder(r: Round, run: MethodRun, procs: Procs) -> None:
 
 
 # -- the whole fab deploy ------------------------------------------------------------------
-def _fab(r: Round, run: MethodRun, procs: Procs) -> None:
+def _fab(r: Round, run: MethodRun, procs: Procs, transfer: str = "tarball") -> None:
+    """``transfer`` tree: the release's own files, no tarball (fab deploy --transfer tree)."""
     from fabfile import run_deploy, settings_from_config
 
     tag = f"bench-n{r.n}-r{run.rep}-{int(time.time())}"
@@ -408,16 +411,27 @@ def _fab(r: Round, run: MethodRun, procs: Procs) -> None:
         local_torrent_dir=str(r.info.workdir / "fab-torrents"),
         peer_timeout=int(timeout),
         force=True,
+        transfer=transfer,
     )
     client_install_s = _install_client(settings, r.info)
-    # A peer's download is done once murder peer renames TAG.tgz.part into place.
-    payloads = {p: host_path(r.info, p, settings.payload) for p in r.peers}
+    # A peer's download is done once murder peer renames TAG.tgz.part into place (a
+    # tree's .TAG.incoming.part, which the install then renames to releases/TAG).
+    done_paths = {
+        p: [
+            host_path(r.info, p, settings.download_target),
+            host_path(r.info, p, settings.release_dir),
+        ]
+        for p in r.peers
+    }
     finished = threading.Event()
     watched: dict[str, Any] = {}
 
+    def downloaded(peer: str) -> Callable[[], bool]:
+        return lambda: any(path.exists() for path in done_paths[peer])
+
     def watch() -> None:
         watched["done"], watched["errors"] = wait_until_all(
-            {p: payloads[p].exists for p in r.peers},
+            {p: downloaded(p) for p in r.peers},
             timeout,
             failed=lambda p: (
                 "deploy ended before its download was seen" if finished.is_set() else None
@@ -451,6 +465,7 @@ def _fab(r: Round, run: MethodRun, procs: Procs) -> None:
         deploy_stages=report.stages,
         client_install_s=client_install_s,
         compress=r.fab_compress,
+        transfer=transfer,
     )
     run.metrics["stages"] = out.stages
     if not report.ok:

@@ -7,7 +7,13 @@ from typing import Any, Sequence
 
 from murder_dev.bench_methods import LABELS, MethodRun
 
-COLORS = {"scp": "tab:gray", "aria2c": "tab:orange", "murder": "tab:blue", "fab": "tab:green"}
+COLORS = {
+    "scp": "tab:gray",
+    "aria2c": "tab:orange",
+    "murder": "tab:blue",
+    "fab": "tab:green",
+    "fab-tree": "tab:red",
+}
 
 
 def _pyplot() -> Any:
@@ -55,7 +61,11 @@ def plot_hosts(runs: Sequence[MethodRun], bound: float, path: Path) -> Path:
         hosts = sorted(run.completions, key=lambda h: int(h[1:]))
         ax.bar(hosts, [run.completions[h] for h in hosts], color=COLORS[run.method])
         ax.axhline(bound, color="k", linestyle="-", linewidth=1, label="T_min")
-        what = "download done (after deploy start)" if run.method == "fab" else "verified copy"
+        what = (
+            "download done (after deploy start)"
+            if run.method.startswith("fab")
+            else "verified copy"
+        )
         total = f"{run.seconds:.1f} s total" if run.seconds else "failed"
         ax.set_title(f"{LABELS[run.method]} (N={run.n}): {what}; {total}", fontsize=10)
         ax.set_ylabel("s")
@@ -81,7 +91,7 @@ def plot_uplink(runs: Sequence[MethodRun], rate_mbit: float, path: Path) -> Path
         once = run.metrics.get("seeder_all_once_s")
         if once:
             ax.axvline(once, color="tab:red", linestyle=":", label="every piece left seeder once")
-        if run.seconds and run.method != "fab":
+        if run.seconds and not run.method.startswith("fab"):
             ax.axvline(run.seconds, color="k", linestyle=":", label="last peer verified")
         cpu = ax.twinx()
         cpu.plot(s["t"], s["machine_cpu_pct"], color="0.6", linewidth=0.8, label="machine CPU %")
