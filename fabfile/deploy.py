@@ -8,11 +8,9 @@ inside ``try/finally`` so teardown happens whatever fails, Ctrl-C included.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any, Dict, Optional, TextIO
 
@@ -24,14 +22,14 @@ from invoke.tasks import task
 from fabfile.install import check_python, distribute_files
 from fabfile.inventory import load_inventory
 from fabfile.lease import LeaseKeeper
-from fabfile.peers import download, stop_peering, upload_torrents
+from fabfile.peers import download, upload_torrents
 from fabfile.progress import SwarmProgress, fetch_direct, fetch_over_ssh
 from fabfile.release import hosts_with_release, install_release, payload_name, rollback_all
 from fabfile.remote import Connections, HostError, Outcome
 from fabfile.report import OK, DeployReport, format_table
 from fabfile.seed import start_seeding
 from fabfile.settings import Settings, settings_from_config
-from fabfile.teardown import TEARDOWN_TIMEOUT, teardown
+from fabfile.teardown import teardown
 from fabfile.torrent import (
     download_manifest,
     download_torrent,
@@ -111,12 +109,11 @@ def run_deploy(
             report.write_json(settings.json)
         return report
     progress: list[SwarmProgress] = []
-    background: list[Future[Any]] = []  # the peers' downloads, started early
     inv = conns.inventory
     lease = LeaseKeeper(conns, settings, [inv.tracker.name, inv.seeder.name])
     lease.start()
     try:
-        _deploy(conns, settings, report, live, pyz_hashes, progress, background, out, started)
+        _deploy(conns, settings, report, live, pyz_hashes, progress, out, started)
     except MurderError as exc:
         report.error = str(exc)
         report.fail_pending(str(exc))
@@ -133,8 +130,6 @@ def run_deploy(
             bar.stop()
         lease.stop()  # before teardown, which removes the lease file a late touch would recreate
         report.teardown_problems = teardown(conns, settings, peers)
-        # After a failure, peers still waiting for their torrent end with the teardown.
-        wait_futures(background, timeout=TEARDOWN_TIMEOUT)
         _mark(report, started, "teardown")
         conns.close()
         report.ssh_connections = conns.opens
@@ -199,7 +194,6 @@ def _deploy(
     live: list[str],
     pyz_hashes: dict[str, str],
     progress: list[SwarmProgress],
-    background: list[Future[Any]],
     out: TextIO,
     started: float,
 ) -> None:
@@ -228,51 +222,10 @@ def _deploy(
     drop_failed({h: o for h, o in installed.items() if h in live})
     _mark(report, started, "install")
 
-    def bytes_done() -> Optional[int]:
-        snap = progress[0].poll() if progress else None
-        return None if snap is None else snap.bytes_done
-
-    watch = SeederWatch(conns, settings, bytes_done)
-    torrents_out: list[float] = []  # when the peers were handed their torrent
-    # Known once the payload is made; no peer gets that far before, having no torrent.
-    path_is_file, file_name = settings.path_is_file, ""
-
-    def deploy_host(host: str) -> Optional[float]:
-        if not watch.begin(host):
-            raise HostError(host, f"murder peer not started: {watch.verdict}")
-        try:
-            # Started now, the peer waits for its torrent: its interpreter and imports
-            # are paid while the seeder still packs and hashes.
-            fetched = download(conns, settings, host, wait=settings.peer_timeout)
-        except HostError:
-            if watch.verdict is not None:
-                raise HostError(host, f"murder peer stopped: {watch.verdict}") from None
-            raise
-        finally:
-            watch.end(host)
-        seconds = time.monotonic() - torrents_out[0] if fetched and torrents_out else None
-        install_release(
-            conns,
-            host,
-            settings,
-            path_is_file=path_is_file,
-            file_name=file_name,
-            downloaded=fetched,
-        )
-        return seconds
-
-    # Not a ``with``: on a failure the pool must not wait for peers that only
-    # teardown stops; run_deploy collects the job after teardown.
-    seeder = inv.seeder.name
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="murder-peers")
-    peers_job = pool.submit(conns.map, [h for h in live if h != seeder], deploy_host)
-    background.append(peers_job)
-    pool.shutdown(wait=False)
-
     # The tracker starts while the seeder packs and hashes: nothing needs it running
     # before the .torrent is handed to it, and its start is a round trip and a wait.
-    with ThreadPoolExecutor(max_workers=1) as tracker_pool:
-        tracker_started = tracker_pool.submit(start_tracker, conns, settings, leased=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tracker_started = pool.submit(start_tracker, conns, settings, leased=True)
         tracker_started.add_done_callback(lambda f: _mark_done(f, report, started, "tracker"))
         if settings.local_path is not None:
             path_is_file = stage_local(conns, settings, settings.local_path)
@@ -283,13 +236,13 @@ def _deploy(
         _mark(report, started, "payload")
         info_hash = make_torrent(conns, settings)
         tracker = tracker_started.result()
-    file_name = payload_name(settings, source)
     print(f"tracker on {inv.tracker.name} ({tracker})", file=out)
     local_torrent = download_torrent(conns, settings)
     meta = read_metainfo(local_torrent)
     report.info_hash, report.payload_bytes = info_hash, meta.total_length
     publish_torrent(conns, settings, local_torrent)
     manifest = download_manifest(conns, settings) if settings.tree else None
+    drop_failed(upload_torrents(conns, settings, local_torrent, list(live), manifest))
     _mark(report, started, "torrent")
     # make_torrent hashed the payload just now, so each piece is checked as it first
     # leaves; and the seeder, like the tracker, stops itself if the lease lapses.
@@ -316,20 +269,40 @@ def _deploy(
     )
     progress.append(bar)
     bar.start()
-    # Only now, with the seeder announced: a peer that found nobody would wait a whole
-    # announce interval before asking again.
-    torrents_out.append(time.monotonic())
-    uploads = upload_torrents(conns, settings, local_torrent, list(live), manifest)
-    for host, sent in uploads.items():
-        if not sent.ok:  # its peer waits for a torrent that will not come: stop it
-            with contextlib.suppress(HostError):
-                stop_peering(conns, settings, host)
-    drop_failed(uploads)
+    file_name = payload_name(settings, source)
+
+    def bytes_done() -> Optional[int]:
+        snap = bar.poll()
+        return None if snap is None else snap.bytes_done
+
+    watch = SeederWatch(conns, settings, bytes_done)
+
+    def deploy_host(host: str) -> Optional[float]:
+        begun = time.monotonic()
+        if not watch.begin(host):
+            raise HostError(host, f"murder peer not started: {watch.verdict}")
+        try:
+            fetched = download(conns, settings, host)
+        except HostError:
+            if watch.verdict is not None:
+                raise HostError(host, f"murder peer stopped: {watch.verdict}") from None
+            raise
+        finally:
+            watch.end(host)
+        seconds = time.monotonic() - begun if fetched else None
+        install_release(
+            conns,
+            host,
+            settings,
+            path_is_file=path_is_file,
+            file_name=file_name,
+            downloaded=fetched,
+        )
+        return seconds
+
     watch.start()
     try:
-        # A seeder that is also a peer installs from its own copy meanwhile.
-        outcomes = conns.map([h for h in live if h == seeder], deploy_host)
-        outcomes.update(peers_job.result())
+        outcomes = conns.map(list(live), deploy_host)
     finally:
         watch.stop()
     _mark(report, started, "hosts")
@@ -337,8 +310,6 @@ def _deploy(
     if watch.verdict is not None:
         report.error = watch.verdict
     for name, outcome in outcomes.items():
-        if name not in live:
-            continue  # failed earlier, with its own reason
         row = report.host(name)
         if outcome.ok:
             row.status = OK

@@ -44,10 +44,9 @@ def upload_torrent(
     conns: Connections, settings: Settings, local: Path, host: str, manifest: Optional[Path] = None
 ) -> None:
     conns.run(host, f"mkdir -p -m 700 {sh(settings.temp_path)}")
-    # The torrent last: a peer waiting for it (--wait-for-torrent) starts when it appears.
+    conns.put(host, str(local), settings.torrent)
     if manifest is not None:
         conns.put(host, str(manifest), settings.manifest)
-    conns.put(host, str(local), settings.torrent)
 
 
 def upload_torrents(
@@ -67,12 +66,8 @@ def upload_torrents(
     )
 
 
-def peer_script(settings: Settings, ip: str, wait: float = 0) -> str:
-    """``exec`` keeps our pid, so the fg pidfile names the engine's parent process.
-
-    ``wait`` > 0: the peer starts before its torrent exists and waits that long for it,
-    so any torrent left from an earlier try of this tag must go first.
-    """
+def peer_script(settings: Settings, ip: str) -> str:
+    """``exec`` keeps our pid, so the fg pidfile names the engine's parent process."""
     argv = [
         settings.python,
         settings.pyz_remote,
@@ -93,28 +88,20 @@ def peer_script(settings: Settings, ip: str, wait: float = 0) -> str:
         str(settings.peer_timeout),
         "--quiet",
     ]
-    stale = ""
-    if wait > 0:
-        argv += ["--wait-for-torrent", f"{wait:g}"]
-        stale = f"rm -f {sh(settings.torrent, settings.manifest)} && "
     # A tree downloads beside the releases, whose directory gets the usual modes: the
     # umask 077 that keeps the temp files private comes after it.
     releases = f"mkdir -p {sh(settings.releases_dir)} && " if settings.tree else ""
     return (
         f"{releases}mkdir -p -m 700 {sh(settings.temp_path)} && umask 077 && "
-        f"{stale}echo $$ > {sh(settings.pidfile('peer-fg'))} && exec {sh(*argv)}"
+        f"echo $$ > {sh(settings.pidfile('peer-fg'))} && exec {sh(*argv)}"
     )
 
 
-def download(conns: Connections, settings: Settings, host: str, wait: float = 0) -> bool:
-    """Run the swarm download on ``host``; False when it already holds the payload (seeder).
-
-    ``wait``: how long the peer may wait for its torrent (see ``peer_script``); the
-    engine counts it against peer_timeout, so the SSH limit does not grow.
-    """
+def download(conns: Connections, settings: Settings, host: str) -> bool:
+    """Run the swarm download on ``host``; False when it already holds the payload (seeder)."""
     if host == conns.inventory.seeder.name:
         return False
-    script = peer_script(settings, conns.ip_of(host), wait)
+    script = peer_script(settings, conns.ip_of(host))
     limit = settings.peer_timeout + SSH_SLACK_SECONDS
     # The peer gives up by itself after peer_timeout; silence past that plus the slack
     # means the host or its link is gone, not the download.

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
-from .errors import DownloadError, LeaseError, MetainfoError, MurderError
+from .errors import LeaseError, MetainfoError, MurderError
 from .lease import DEFAULT_SECONDS, Lease
 
 if TYPE_CHECKING:
@@ -355,14 +355,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 
         with pidfile(args.pidfile):
             try:
-                waited = wait_for_file(args.torrent, getattr(args, "wait_for_torrent", 0.0))
-                if config.timeout:  # --timeout bounds the whole run, the wait included
-                    if waited >= config.timeout:
-                        raise DownloadError(
-                            f"download timed out after {config.timeout:g} s, all of it "
-                            "spent waiting for the torrent"
-                        )
-                    config.timeout -= waited
+                wait_for_file(args.torrent, getattr(args, "wait_for_torrent", 0.0))
                 asyncio.run(_run_client(config, notify))
             except MurderError as exc:
                 _error(exc)
@@ -378,20 +371,19 @@ def cmd_client(args: argparse.Namespace) -> int:
 WAIT_POLL_SECONDS = 0.01
 
 
-def wait_for_file(path: str, seconds: float) -> float:
-    """Seconds until ``path`` existed; MetainfoError after ``seconds`` (0: do not wait).
+def wait_for_file(path: str, seconds: float) -> None:
+    """Return once ``path`` exists; MetainfoError after ``seconds`` (0: do not wait).
 
     Whoever hands us the torrent renames it into place whole, so existing is enough.
     Everything is imported by now: the wait hides the interpreter's start.
     """
     if seconds <= 0:
-        return 0.0
-    begun = time.monotonic()
+        return
+    deadline = time.monotonic() + seconds
     while not os.path.exists(path):
-        if time.monotonic() - begun >= seconds:
+        if time.monotonic() >= deadline:
             raise MetainfoError(f"no torrent at {path} after {seconds:g} s (--wait-for-torrent)")
         time.sleep(WAIT_POLL_SECONDS)
-    return time.monotonic() - begun
 
 
 async def _run_client(config: ClientConfig, notify: Callable[[], None] | None) -> None:

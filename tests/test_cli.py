@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -130,28 +129,6 @@ def test_a_peer_waits_for_its_torrent_then_downloads(tmp_path: Path) -> None:
         partial.rename(later)
         assert sw.wait(["waiting"], 60) == {"waiting": 0}, sw.log("waiting")
     assert sha256(target) == sha256(payload)
-
-
-def test_the_wait_for_a_torrent_counts_against_timeout(
-    torrent: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """fab deploy's SSH limit is peer_timeout + slack: the wait must not extend it."""
-    _, made = torrent
-    later = tmp_path / "later.torrent"
-    argv = [sys.executable, "-m", "murder_core", "peer", str(later), str(tmp_path / "x")]
-    argv += ["--foreground", "--wait-for-torrent", "60", "--timeout", "1"]
-    peer = subprocess.Popen(argv, env=ENV, stderr=subprocess.PIPE, text=True)
-    try:
-        with pytest.raises(subprocess.TimeoutExpired):
-            peer.wait(1.5)  # still waiting: its whole second of --timeout went by
-        shutil.copyfile(made, tmp_path / "t.tmp")
-        (tmp_path / "t.tmp").rename(later)
-        _, err = peer.communicate(timeout=30)
-    finally:
-        peer.kill()
-        peer.wait()
-    assert peer.returncode == 1, err
-    assert "timed out after 1 s, all of it spent waiting for the torrent" in err
 
 
 def test_a_torrent_that_never_comes_is_exit_3(tmp_path: Path) -> None:
