@@ -11,11 +11,10 @@ import contextlib
 import logging
 import os
 import sys
-import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
-from .errors import LeaseError, MetainfoError, MurderError
+from .errors import LeaseError, MurderError
 from .lease import DEFAULT_SECONDS, Lease
 
 if TYPE_CHECKING:
@@ -244,14 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="linger in this process instead of a background one",
     )
-    p.add_argument(
-        "--wait-for-torrent",
-        type=float,
-        default=0.0,
-        metavar="SECS",
-        help="wait up to this long for TORRENT to appear, then start (exit 3 if it never "
-        "does): a deploy starts its peers while it still makes the torrent (0 = no wait)",
-    )
     p.set_defaults(func=cmd_client, mode="peer")
     return parser
 
@@ -355,7 +346,6 @@ def cmd_client(args: argparse.Namespace) -> int:
 
         with pidfile(args.pidfile):
             try:
-                wait_for_file(args.torrent, getattr(args, "wait_for_torrent", 0.0))
                 asyncio.run(_run_client(config, notify))
             except MurderError as exc:
                 _error(exc)
@@ -365,25 +355,6 @@ def cmd_client(args: argparse.Namespace) -> int:
     if args.mode == "peer" and config.linger > 0 and not args.foreground:
         return run_with_handoff(work, logfile=args.logfile)
     return work(None)
-
-
-#: How often a waiting peer looks for its torrent: a stat call, invisible in the CPU.
-WAIT_POLL_SECONDS = 0.01
-
-
-def wait_for_file(path: str, seconds: float) -> None:
-    """Return once ``path`` exists; MetainfoError after ``seconds`` (0: do not wait).
-
-    Whoever hands us the torrent renames it into place whole, so existing is enough.
-    Everything is imported by now: the wait hides the interpreter's start.
-    """
-    if seconds <= 0:
-        return
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path):
-        if time.monotonic() >= deadline:
-            raise MetainfoError(f"no torrent at {path} after {seconds:g} s (--wait-for-torrent)")
-        time.sleep(WAIT_POLL_SECONDS)
 
 
 async def _run_client(config: ClientConfig, notify: Callable[[], None] | None) -> None:

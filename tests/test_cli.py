@@ -103,42 +103,6 @@ def test_many_files_raise_the_open_file_limit_or_say_why(
         assert "400 files, more than the open-file limit allows (hard limit 300" in out.stderr
 
 
-def test_a_peer_waits_for_its_torrent_then_downloads(tmp_path: Path) -> None:
-    """fab deploy starts peers before the torrent exists; it appears renamed in, whole."""
-    payload = make_payload(tmp_path / "app.bin", 400_000)
-    later = tmp_path / "peer" / "app.torrent"
-    later.parent.mkdir()
-    target = tmp_path / "dl" / "app.bin"
-    target.parent.mkdir()
-    with LocalSwarm(tmp_path / "run", payload) as sw:
-        sw.start_tracker()
-        peer = sw.spawn_program(
-            "waiting",
-            [
-                *(sys.executable, "-m", "murder_core", "peer", str(later), str(target)),
-                *("--ip", "127.0.0.1", "--foreground", "--linger", "0", "--wait-for-torrent", "60"),
-            ],
-            env=ENV,
-        )
-        sw.make_torrent()
-        sw.start_seeder()
-        sw.wait_for_seeders()
-        assert peer.poll() is None  # still waiting: nothing told it where to look yet
-        partial = later.with_suffix(".tmp")
-        partial.write_bytes(sw.torrent.read_bytes())
-        partial.rename(later)
-        assert sw.wait(["waiting"], 60) == {"waiting": 0}, sw.log("waiting")
-    assert sha256(target) == sha256(payload)
-
-
-def test_a_torrent_that_never_comes_is_exit_3(tmp_path: Path) -> None:
-    torrent = tmp_path / "never.torrent"
-    out = murder("peer", str(torrent), str(tmp_path / "x"), "--wait-for-torrent", "0.3")
-    assert out.returncode == 3
-    assert f"no torrent at {torrent} after 0.3 s (--wait-for-torrent)" in out.stderr
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_missing_torrent_is_exit_3_with_its_path(tmp_path: Path) -> None:
     out = murder("peer", str(tmp_path / "nope.torrent"), str(tmp_path / "x"), "--foreground")
     assert out.returncode == 3
