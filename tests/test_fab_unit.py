@@ -264,6 +264,28 @@ def test_stop_script_stops_a_murder_process_by_pidfile(tmp_path: Path) -> None:
         proc.wait()
 
 
+def test_stop_script_stops_several_at_once_and_globs(tmp_path: Path) -> None:
+    """A seeder's host, say: seeder and tracker (and a glob of peers) in one call."""
+    pidfiles = [tmp_path / "seeder-v1.pid", tmp_path / "tracker.pid", tmp_path / "peer-a.pid"]
+    procs = [
+        _spawn([sys.executable, "-c", "import time; time.sleep(120)", "murder.pyz", str(p)])
+        for p in pidfiles
+    ]
+    try:
+        for proc, pidfile in zip(procs, pidfiles):
+            pidfile.write_text(f"{proc.pid}\n")
+        script = stop_script(
+            [str(p) for p in pidfiles[:2]], globs=[f"{sh(str(tmp_path))}/peer-*.pid"]
+        )
+        subprocess.run(["sh", "-c", script], check=True, timeout=30)
+        assert [proc.wait(10) for proc in procs] == [-15, -15, -15]
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def test_stop_script_never_kills_a_pid_that_is_not_murder(tmp_path: Path) -> None:
     pidfile = tmp_path / "tracker.pid"
     proc = _spawn([sys.executable, "-c", "import time; time.sleep(120)"])

@@ -163,7 +163,8 @@ class TrackerServer:
 
     def _serve(self) -> None:
         assert self._httpd is not None
-        self._httpd.serve_forever(poll_interval=0.2)
+        # shutdown() waits for this loop to look: a stop should not wait long for that.
+        self._httpd.serve_forever(poll_interval=0.05)
 
     def _maintain(self) -> None:
         while not self._stopping.wait(1.0):
