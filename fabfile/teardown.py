@@ -6,14 +6,10 @@ collected and returned for the report instead.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Sequence
+from typing import List, Sequence
 
-from fabfile.peers import stop_peering
-from fabfile.remote import Connections, HostError, sh
-from fabfile.seed import stop_seeding
+from fabfile.remote import Connections, sh, stop_script
 from fabfile.settings import Settings
-from fabfile.tracker import stop_tracker
 
 TEARDOWN_TIMEOUT = 60
 
@@ -40,7 +36,7 @@ def clean_temp_files(conns: Connections, settings: Settings, host: str) -> None:
 
 
 def teardown(conns: Connections, settings: Settings, peers: Sequence[str]) -> List[str]:
-    """Stop peering, stop seeding, stop the tracker, clean temp files; return problems.
+    """Stop peering, seeding and the tracker, clean temp files; return the problems.
 
     Only hosts we reached during this run are visited: nothing of ours runs elsewhere.
     """
@@ -51,42 +47,23 @@ def teardown(conns: Connections, settings: Settings, peers: Sequence[str]) -> Li
     reached = set(conns.reached())
     inv = conns.inventory
 
-    def attempt(host: str, step: str, action: Callable[[], None]) -> None:
-        if host not in reached:
-            return
-        try:
-            action()
-        except HostError as exc:
-            problems.append(f"{host}: {step}: {exc.reason}")
-            if exc.reason.startswith("ssh:"):
-                reached.discard(host)  # it will not answer the next step either
+    # One round trip per host, all at once: each host stops whatever of ours runs there
+    # (its peer, the seeder, the tracker) and cleans up. The tracker may go while peers
+    # still say "stopped": their announce is then refused at once, and nobody needs it.
+    def pidfiles(host: str) -> List[str]:
+        files = [settings.pidfile("peer-fg"), settings.pidfile("peer")] if host in peers else []
+        if host == inv.seeder.name:
+            files.append(settings.pidfile("seeder"))
+        if host == inv.tracker.name:
+            files.append(settings.pidfile("tracker"))
+        return files
 
-    # Peers and the seeder first, tracker last: everyone can still announce "stopped" on
-    # the way out. A plain peer host is stopped and cleaned in one round trip, the
-    # tracker's host too; the seeder's, once its services are down.
-    infra = {inv.tracker.name, inv.seeder.name}
-    targets = [h for h in peers if h in reached]
     clean = clean_script(settings)
-
-    def stop_peer(host: str) -> None:
-        stop_peering(conns, settings, host, then="" if host in infra else clean)
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        seeder_stopped = pool.submit(
-            attempt, inv.seeder.name, "stop_seeding", lambda: stop_seeding(conns, settings)
-        )
-        outcomes = conns.map(targets, stop_peer, skip_failed=False)
-        seeder_stopped.result()
-    problems.extend(f"{o.host}: stop_peering: {o.error}" for o in outcomes.values() if not o.ok)
-    # A host SSH cannot reach now will not answer the next step either: skip it rather
-    # than wait out another timeout on it.
-    gone = {o.host for o in outcomes.values() if not o.ok and str(o.error).startswith("ssh:")}
-    reached -= gone
-    attempt(inv.tracker.name, "stop_tracker", lambda: stop_tracker(conns, settings, then=clean))
-    cleaned = {h for h, o in outcomes.items() if o.ok and h not in infra} | {inv.tracker.name}
-    everyone = [h.name for h in inv.all_hosts if h.name in reached and h.name not in cleaned]
+    everyone = [h.name for h in inv.all_hosts if h.name in reached]
     outcomes = conns.map(
-        everyone, lambda h: clean_temp_files(conns, settings, h), skip_failed=False
+        everyone,
+        lambda h: conns.run(h, stop_script(pidfiles(h), then=clean)),
+        skip_failed=False,
     )
-    problems.extend(f"{o.host}: clean_temp_files: {o.error}" for o in outcomes.values() if not o.ok)
+    problems.extend(f"{o.host}: stop and clean: {o.error}" for o in outcomes.values() if not o.ok)
     return problems
