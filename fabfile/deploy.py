@@ -240,14 +240,21 @@ def _deploy(
     local_torrent = download_torrent(conns, settings)
     meta = read_metainfo(local_torrent)
     report.info_hash, report.payload_bytes = info_hash, meta.total_length
-    publish_torrent(conns, settings, local_torrent)
-    manifest = download_manifest(conns, settings) if settings.tree else None
-    drop_failed(upload_torrents(conns, settings, local_torrent, list(live), manifest))
-    _mark(report, started, "torrent")
-    # make_torrent hashed the payload just now, so each piece is checked as it first
-    # leaves; and the seeder, like the tracker, stops itself if the lease lapses.
-    start_seeding(conns, settings, lazy_check=True, leased=True)
-    _mark(report, started, "seeding")
+
+    def hand_out() -> Dict[str, Outcome[None]]:
+        manifest = download_manifest(conns, settings) if settings.tree else None
+        return upload_torrents(conns, settings, local_torrent, list(live), manifest)
+
+    # The peers get their copy while the seeder starts: no peer starts before both.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        handed_out = pool.submit(hand_out)
+        publish_torrent(conns, settings, local_torrent)  # before the seeder announces it
+        _mark(report, started, "torrent")
+        # make_torrent hashed the payload just now, so each piece is checked as it first
+        # leaves; and the seeder, like the tracker, stops itself if the lease lapses.
+        start_seeding(conns, settings, lazy_check=True, leased=True)
+        _mark(report, started, "seeding")
+        drop_failed(handed_out.result())
     print(f"seeding {meta.total_length / MB:.1f} MB from {inv.seeder.name}", file=out)
 
     peer_ips = {ips[h] for h in live if h != inv.seeder.name}
