@@ -317,11 +317,12 @@ def apply_manifest(root: str, doc: Manifest, copy_from: Optional[str] = None) ->
     seeder's own tree. Directories get their modes and mtimes last, deepest first,
     since making anything inside one changes its mtime.
     """
-    for name, _, _ in doc["dirs"]:
-        os.makedirs(os.path.join(root, name), exist_ok=True)
     if copy_from is not None:
+        for name, _, _ in doc["dirs"]:
+            os.makedirs(os.path.join(root, name), exist_ok=True)
         for name, _, _, _ in doc["files"]:
             shutil.copyfile(os.path.join(copy_from, name), os.path.join(root, name))
+    # Checked before anything is made in a download: it then holds no symlink to follow.
     expected = {name: size for name, _, _, size in doc["files"]}
     found = _regular_files(root)
     if found != expected:
@@ -331,6 +332,8 @@ def apply_manifest(root: str, doc: Manifest, copy_from: Optional[str] = None) ->
             f"the files in {root} do not match the manifest (missing or wrong size: "
             f"{other}, not listed: {extra})"
         )
+    for name, _, _ in doc["dirs"]:
+        os.makedirs(os.path.join(root, name), exist_ok=True)
     for name, target, mtime in doc["links"]:
         path = os.path.join(root, name)
         os.symlink(target, path)

@@ -160,6 +160,22 @@ def test_install_refuses_a_bad_manifest_and_leaves_no_release(
     assert not (tmp_path / "etc").exists()
 
 
+def test_install_refuses_a_download_holding_a_symlink(tmp_path: Path) -> None:
+    """Nothing is made through a link planted in the download, even where a dir is due."""
+    dest = tmp_path / "app"
+    incoming = dest / "releases" / ".T.incoming"
+    incoming.mkdir(parents=True)
+    (incoming / "f").write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (incoming / "d").symlink_to(outside)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(_manifest(dirs=[["d", 0o755, 1], ["d/e", 0o755, 1]])))
+    out = helper("install", str(incoming), str(dest), "T", "tree", str(manifest), "0", "5")
+    assert out.returncode == 4 and "unexpected 'd' in the downloaded release" in out.stderr
+    assert list(outside.iterdir()) == [] and not (dest / "releases" / "T").exists()
+
+
 def test_install_refuses_a_download_with_an_unlisted_file(tmp_path: Path) -> None:
     dest = tmp_path / "app"
     incoming = dest / "releases" / ".T.incoming"
