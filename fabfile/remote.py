@@ -38,6 +38,8 @@ CHANNEL_OPEN_TIMEOUT = 30
 BACKSTOP_SECONDS = 60
 #: Uploads and downloads of the pyz and .torrent files: small, but links can be slow.
 TRANSFER_TIMEOUT = 600
+#: An SFTP transfer that receives nothing for this long has failed.
+SFTP_IDLE_TIMEOUT = 60
 
 
 def sh(*argv: str) -> str:
@@ -149,6 +151,7 @@ class Connections:
         self._ips: Dict[str, str] = {}
         self._reached: List[str] = []
         self._opening: Dict[str, threading.Lock] = {}
+        self._sftp_locks: Dict[str, threading.Lock] = {}
         #: SSH connections opened so far: one per host for a whole deploy, if all is well.
         self.opens = 0
 
@@ -224,26 +227,42 @@ class Connections:
             raise HostError(name, f"exit {result.exited}: {detail}")
         return result
 
+    def _with_sftp(self, name: str, work: Callable[[Any], None]) -> None:
+        """Run ``work(sftp)`` on the host's SFTP session, one thread at a time.
+
+        One session per connection (Fabric keeps it), and it is not safe for two
+        threads at once: a reply read by the wrong thread leaves the other waiting
+        forever. The idle timeout bounds a transfer in any thread (``interruptible``
+        bounds only the main thread's).
+        """
+        conn = self.connection(name)
+        with self._lock:
+            lock = self._sftp_locks.setdefault(name, threading.Lock())
+        with lock:
+            sftp = conn.sftp()
+            sftp.get_channel().settimeout(SFTP_IDLE_TIMEOUT)
+            work(sftp)
+
     def put(self, name: str, local: str, remote: str, mode: int = 0o600) -> None:
         """Upload to ``remote`` via a temp name and rename, so readers never see half a file."""
-        conn = self.connection(name)
         partial = f"{remote}.part-{os.getpid()}"
 
-        def transfer() -> None:
-            sftp = conn.sftp()
+        def transfer(sftp: Any) -> None:
             sftp.put(local, partial)
             sftp.chmod(partial, mode)
             sftp.posix_rename(partial, remote)
 
         try:
-            interruptible(transfer, TRANSFER_TIMEOUT)
+            interruptible(lambda: self._with_sftp(name, transfer), TRANSFER_TIMEOUT)
         except (SSHException, OSError, EOFError) as exc:
             raise HostError(name, f"upload to {remote} failed: {exc}") from exc
 
     def get(self, name: str, remote: str, local: str) -> None:
-        conn = self.connection(name)
         try:
-            interruptible(lambda: conn.sftp().get(remote, local), TRANSFER_TIMEOUT)
+            interruptible(
+                lambda: self._with_sftp(name, lambda sftp: sftp.get(remote, local)),
+                TRANSFER_TIMEOUT,
+            )
         except (SSHException, OSError, EOFError) as exc:
             raise HostError(name, f"download of {remote} failed: {exc}") from exc
 

@@ -475,6 +475,33 @@ def test_deploy_a_tree_refuses_a_link_out_of_the_release_before_the_swarm(env: E
     assert_nothing_left(env)
 
 
+def test_transfers_to_one_host_from_many_threads(env: Env) -> None:
+    """A deploy uploads to a host from one thread while it downloads from it in another
+    (the tracker's and the seeder's may be one host): each must get its own bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fabfile.deploy import make_config
+    from fabfile.inventory import load_inventory
+    from fabfile.remote import Connections
+
+    conns = Connections(load_inventory(env.info.inventory), make_config(env.info.ssh_config))
+    blobs = {i: os.urandom(200_000 + i) for i in range(8)}
+    for i, blob in blobs.items():
+        (env.work / f"up{i}").write_bytes(blob)
+
+    def round_trip(i: int) -> bytes:
+        conns.put("h1", str(env.work / f"up{i}"), f"/tmp/murder-sftp-{i}")
+        conns.get("h1", f"/tmp/murder-sftp-{i}", str(env.work / f"down{i}"))
+        return (env.work / f"down{i}").read_bytes()
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            got = dict(zip(blobs, pool.map(round_trip, blobs, timeout=120)))
+    finally:
+        conns.close()
+    assert got == blobs
+
+
 def test_unknown_host_keys_are_refused(env: Env) -> None:
     strict = env.work / "ssh_config_empty_known_hosts"
     empty = env.work / "known_hosts_empty"
