@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("h2", "h3", "h4")
 SIZE = 4 * 1024 * 1024
 RATE_BITS = 100e6
-METHODS = {"scp", "aria2c", "murder", "fab"}
+METHODS = {"scp", "aria2c", "murder", "fab", "fab-tree"}
 
 
 @pytest.mark.root
