@@ -30,11 +30,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from murder_core.peer import PeerLink
 
     events: list[tuple[float, int, int, int]] = []
+    to: list[str] = []  # who each block went to, for whoever reads the file later
     original = PeerLink.send_piece
 
     def send_piece(self: Any, storage: Any, index: int, begin: int, length: int) -> None:
         if self.transport is not None and not self.closed:
             events.append((time.monotonic(), index, begin, length))
+            to.append(self.remote)
         original(self, storage, index, begin, length)
 
     PeerLink.send_piece = send_piece  # type: ignore[method-assign]
@@ -43,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         tmp = f"{out}.{os.getpid()}.tmp"
         with open(tmp, "w") as fh:
-            json.dump({"pid": os.getpid(), "events": events}, fh)
+            json.dump({"pid": os.getpid(), "events": events, "to": to}, fh)
         os.replace(tmp, out)
 
 
