@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from typing import Optional
 
 
-class Periodic:
+class Periodic(ABC):
     """Calls :meth:`tick` every ``interval`` seconds from start() until stop().
 
     stop() wakes the thread at once and waits for the round in progress, at most
@@ -20,8 +21,9 @@ class Periodic:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
+    @abstractmethod
     def tick(self) -> None:
-        raise NotImplementedError
+        """One round of the work; subclasses say what."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
