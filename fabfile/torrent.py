@@ -15,6 +15,7 @@ the secret, so it and everything beside it stay readable by the deploy user only
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import tarfile
@@ -70,8 +71,8 @@ def local_torrent_path(settings: Settings) -> Path:
 
 
 def _excluded(name: str) -> bool:
-    """Murder's ``tar --exclude '.git*'``: any path component starting with .git."""
-    return any(part.startswith(".git") for part in Path(name).parts)
+    """Murder's ``tar --exclude '.git*'``: any path component matching EXCLUDE."""
+    return any(fnmatch.fnmatchcase(part, g) for part in Path(name).parts for g in EXCLUDE)
 
 
 def tar_local_dir(source: Path, out: Path, compress: bool = True) -> None:
@@ -120,7 +121,7 @@ def payload_script(settings: Settings, files_path: str, path_is_file: bool) -> s
         f"test -d {sh(files_path)} || {{ echo {sh(f'{files_path} is not a directory')} >&2; "
         "exit 3; }; "
         f"tar -c{' -z' if settings.compress else ''} -C {sh(files_path + '/')} "
-        f"--exclude '.git*' -f {sh(payload)} ."
+        f"{' '.join(f'--exclude {sh(g)}' for g in EXCLUDE)} -f {sh(payload)} ."
     )
 
 
@@ -178,26 +179,27 @@ def open_private(path: Path) -> None:
         os.close(fd)
 
 
-def download_torrent(conns: Connections, settings: Settings) -> Path:
-    """Fetch the .torrent from the seeder into ``local_torrent_dir`` (mode 0600)."""
-    local = local_torrent_path(settings)
+def _fetch_private(conns: Connections, remote: str, local: Path) -> Path:
+    """Fetch ``remote`` from the seeder to ``local`` (mode 0600), via a .part name."""
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = local.with_name(local.name + ".part")
     open_private(partial)
-    conns.get(conns.inventory.seeder.name, settings.torrent, str(partial))
+    conns.get(conns.inventory.seeder.name, remote, str(partial))
     partial.chmod(0o600)
     partial.replace(local)
     return local
 
 
+def download_torrent(conns: Connections, settings: Settings) -> Path:
+    """Fetch the .torrent from the seeder into ``local_torrent_dir`` (mode 0600)."""
+    return _fetch_private(conns, settings.torrent, local_torrent_path(settings))
+
+
 def download_manifest(conns: Connections, settings: Settings) -> Path:
     """transfer=tree: fetch the seeder's manifest beside the local .torrent (mode 0600)."""
-    local = local_torrent_path(settings).with_suffix(".json")
-    partial = local.with_name(local.name + ".part")
-    open_private(partial)
-    conns.get(conns.inventory.seeder.name, settings.manifest, str(partial))
-    partial.replace(local)
-    return local
+    return _fetch_private(
+        conns, settings.manifest, local_torrent_path(settings).with_suffix(".json")
+    )
 
 
 def publish_torrent(conns: Connections, settings: Settings, local: Path) -> None:
