@@ -93,14 +93,20 @@ class Procs:
                 proc.wait(5)
 
 
-def cpu_seconds(pid: int) -> Optional[float]:
-    """utime + stime of a live process, or None once it is gone."""
+def cpu_times(pid: int) -> Optional[tuple[float, float]]:
+    """(user, kernel) CPU seconds of a live process, or None once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
     # After the command name: field 14 (utime) and 15 (stime) sit at offsets 11 and 12.
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
+def cpu_seconds(pid: int) -> Optional[float]:
+    """utime + stime of a live process, or None once it is gone."""
+    times = cpu_times(pid)
+    return None if times is None else times[0] + times[1]
 
 
 def peak_rss_kib(pid: int) -> Optional[int]:

@@ -28,6 +28,7 @@ from murder_dev.bench_hosts import (
     Sample,
     Sampler,
     cpu_seconds,
+    cpu_times,
     host_path,
     peak_rss_kib,
     remove_private,
@@ -241,6 +242,7 @@ def _swarm(
     seeder_pid = procs.running[seeder_name].pid
     seeder_cpu0 = cpu_seconds(seeder_pid) or 0.0
     cpu: dict[str, float] = {}
+    kernel: dict[str, float] = {}  # of cpu: in system calls (sockets, page cache)
     rss: dict[str, int] = {}
     t0 = time.monotonic()
     for peer in r.peers:
@@ -248,7 +250,8 @@ def _swarm(
 
     def on_done(peer: str, t: float) -> None:
         pid = procs.running[f"peer-{peer}"].pid
-        cpu[peer] = cpu_seconds(pid) or 0.0
+        user, kernel[peer] = cpu_times(pid) or (0.0, 0.0)
+        cpu[peer] = user + kernel[peer]
         rss[peer] = peak_rss_kib(pid) or 0
 
     def failed(peer: str) -> Optional[str]:
@@ -276,6 +279,9 @@ def _swarm(
     run.metrics.update(
         peer_cpu_seconds=cpu,
         peer_cpu_seconds_total=round(sum(cpu.values()), 2),
+        peer_cpu_kernel_pct=(
+            round(100 * sum(kernel.values()) / sum(cpu.values()), 1) if sum(cpu.values()) else None
+        ),
         peer_peak_rss_kib=rss,
         peer_cpu_s_per_gb_median=_median(per_gb),
         peer_cpu_s_per_gb_max=round(max(per_gb), 2) if per_gb else None,

@@ -73,6 +73,7 @@ def test_tiny_bench_verifies_every_method_on_every_peer(tmp_path: Path) -> None:
         assert all(0 < t <= run["seconds"] for t in run["completions"].values()), method
     swarm = runs["murder"]["metrics"]
     assert 0 < swarm["peer_peak_rss_mib_max"] < 1024
+    assert 0 < swarm["peer_cpu_kernel_pct"] < 100  # peers both compute and make syscalls
     assert swarm["seeder_all_once_s"] is not None
     assert swarm["seeder_payload_sent_bytes"] >= SIZE
     assert 0 < swarm["seeder_busy_pct_until_all_once"] <= 150
