@@ -49,6 +49,10 @@ class PieceHasher:
             running.digest.update(data)
             running.pos += len(data)
 
+    def forget(self, index: int) -> None:
+        """Piece ``index`` will be fetched again from its first byte."""
+        self._running.pop(index, None)
+
     def verify(self, index: int) -> bool:
         """Every block of piece ``index`` is on disk: check it and mark it in the storage."""
         running = self._running.pop(index, None)

@@ -202,7 +202,15 @@ class Session:
             self.banned_addrs.add(link.addr)
             self.known.discard(link.addr)
         log.warning("banning peer %s: %s", link.remote, reason)
+        # Its bytes may sit in unfinished pieces too: fetch those whole again, or the
+        # honest peer that completes one would fail its hash check and be banned for it.
+        tainted = [index for index, peers in self.contributors.items() if link in peers]
         self.drop(link, reason)
+        for index in tainted:
+            del self.contributors[index]
+            if not self.picker.have(index):
+                self.hashes.forget(index)
+                self.picker.piece_failed(index)
 
     # -- wire events -------------------------------------------------------------------
     def handle(self, link: PeerLink, event: object) -> None:
