@@ -196,6 +196,7 @@ def test_no_block_requested_twice_outside_endgame(seed: int) -> None:
         else:
             picker.requests_dropped(peer)
         endgame_seen = endgame_seen or picker.endgame
+        assert max(Counter(_outstanding(picker, peers)).values(), default=0) <= 2
         if not endgame_seen:
             flat = _outstanding(picker, peers)
             assert len(flat) == len(set(flat))
@@ -214,7 +215,7 @@ def _outstanding(picker: PiecePicker, peers: list[str], n: int = 24) -> list[Blo
 
 
 # -- endgame -------------------------------------------------------------------------
-def test_endgame_duplicates_outstanding_blocks_and_returns_cancels() -> None:
+def test_endgame_asks_one_idle_peer_more_and_returns_cancels() -> None:
     picker = make(1, blocks_per_piece=2)
     add(picker, "a", 1, None)
     add(picker, "b", 1, None)
@@ -223,15 +224,16 @@ def test_endgame_duplicates_outstanding_blocks_and_returns_cancels() -> None:
     blocks = picker.next_requests("a", 10)
     assert blocks == [(0, 0, KIB16), (0, KIB16, KIB16)]
     assert (before, picker.endgame) == (False, True)
+    # "b" owes us nothing, so it is asked too ...
     assert picker.next_requests("b", 10) == blocks
-    assert picker.next_requests("c", 1) == blocks[:1]
-    # Asking again never duplicates a block for the same peer.
+    # ... but no block is asked of a third peer, nor again of the same one.
+    assert picker.next_requests("c", 10) == []
     assert picker.next_requests("b", 10) == []
 
-    assert picker.block_received("a", blocks[0]) == (False, [("b", blocks[0]), ("c", blocks[0])])
+    assert picker.block_received("a", blocks[0]) == (False, [("b", blocks[0])])
     assert not picker.expecting("b", blocks[0])
     assert picker.outstanding("b") == 1
-    assert picker.outstanding("c") == 0
+    assert picker.next_requests("c", 10) == []  # blocks[1] is still owed by two peers
     assert picker.block_received("b", blocks[1]) == (True, [("a", blocks[1])])
     # The late copy from "a" is ignored.
     assert picker.block_received("a", blocks[1]) == (False, [])
@@ -239,6 +241,21 @@ def test_endgame_duplicates_outstanding_blocks_and_returns_cancels() -> None:
     assert picker.complete
     assert not picker.endgame
     assert picker.next_requests("c", 4) == []
+
+
+def test_endgame_leaves_a_peer_that_still_owes_blocks_alone() -> None:
+    """A busy peer's queue is what it will send us anyway: a copy would only come twice."""
+    picker = make(2, blocks_per_piece=1)
+    add(picker, "a", 2, None)
+    add(picker, "b", 2, None)
+    (from_a,) = picker.next_requests("a", 1)
+    (from_b,) = picker.next_requests("b", 1)
+    assert picker.endgame and from_a != from_b
+    assert picker.next_requests("b", 4) == []
+    assert picker.next_requests("a", 4) == []
+    assert picker.block_received("b", from_b) == (True, [])
+    picker.piece_passed(from_b[0])
+    assert picker.next_requests("b", 4) == [from_a]
 
 
 def test_endgame_only_duplicates_pieces_the_peer_has() -> None:
