@@ -360,6 +360,8 @@ class Session:
             if link.conn.fast:
                 link.send(m.RejectRequest(*block))
             return
+        if self.superseed is not None:
+            self.superseed.note_request(link, time.monotonic())
         link.uploads.append(block)
         self.serve_uploads(link)
 

@@ -13,8 +13,8 @@ offering them (or pieces already out) to more peers would send them twice while 
 last ones wait, and the last piece to leave the seeder is the last one the swarm can
 finish. So until some peer has reported every piece, a wrapped rotation offers only
 pieces that nobody holds an offer for. Two things release an offer for someone else:
-its peer leaving, and the offer going unclaimed for ``OFFER_TTL`` seconds (a stalled
-peer must not hold pieces back from the whole swarm).
+its peer leaving, and its peer asking us for nothing for ``OFFER_TTL`` seconds (a
+stalled peer must not hold pieces back from the whole swarm).
 
 Pure bookkeeping: no sockets; the caller passes the clock.
 """
@@ -50,6 +50,7 @@ class SuperSeeder:
         self._rounds = 0
         self._offered: dict[Hashable, dict[int, float]] = {}  # peer -> piece -> when
         self._has: dict[Hashable, Callable[[int], bool]] = {}
+        self._asked_at: dict[Hashable, float] = {}  # peer -> when it last asked for a block
         self.offers = [0] * num_pieces
         self._holding = [0] * num_pieces  # live (unexpired) offers of each piece
         self._seen = bytearray(num_pieces)  # some peer reported it: it left us once
@@ -89,6 +90,7 @@ class SuperSeeder:
             if when >= 0:
                 self._release(index)
         self._has.pop(peer, None)
+        self._asked_at.pop(peer, None)
 
     def offered(self, peer: Hashable) -> frozenset[int]:
         return frozenset(self._offered.get(peer, ()))
@@ -101,12 +103,24 @@ class SuperSeeder:
             if not self._holding[index]:
                 self._free -= 1
 
+    def note_request(self, peer: Hashable, now: float) -> None:
+        """The peer asked us for a block: it is working through its offers.
+
+        OFFER_TTL counts from a peer's last request, not from each offer: a peer that
+        joined early is offered a bigger share than it keeps once everyone is in, and
+        fetched the last of it up to 10 s later at its share of our uplink; offers timed
+        from when they were made lapsed meanwhile, went to a second peer, and left us twice.
+        """
+        if peer in self._offered:
+            self._asked_at[peer] = now
+
     def expire(self, now: float) -> bool:
-        """Release offers older than OFFER_TTL; True if any was (``refresh`` everyone)."""
+        """Release the offers of peers silent for OFFER_TTL; True if any was (``refresh``)."""
         released = False
-        for offers in self._offered.values():
+        for peer, offers in self._offered.items():
+            asked = self._asked_at.get(peer, -1.0)
             for index, when in offers.items():
-                if 0 <= when < now - OFFER_TTL:
+                if when >= 0 and max(when, asked) < now - OFFER_TTL:
                     offers[index] = -1.0  # still the peer's to fetch, no longer exclusive
                     self._release(index)
                     released = True

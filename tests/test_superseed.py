@@ -147,6 +147,25 @@ def test_an_offer_left_unclaimed_is_released_after_its_time() -> None:
     assert set(again) == stuck
 
 
+def test_offers_last_while_their_peer_keeps_asking() -> None:
+    """OFFER_TTL counts from the peer's last request to us, not from the offer."""
+    ss = SuperSeeder(8, 4 * 1024 * 1024, rng=random.Random(6))
+    have: dict[str, set[int]] = {f"p{i}": set() for i in range(8)}
+    for name in have:
+        ss.add_peer(name, _peer_has(have[name]), 0.0)
+    slow = set(ss.offered("p0"))
+    for name in list(have)[1:]:
+        have[name].update(ss.offered(name))
+        ss.refresh(name, 1.0)
+    ss.note_request("p0", OFFER_TTL - 2)  # p0 is busy fetching (something of ours)
+    ss.note_request("nobody", OFFER_TTL - 2)  # not a peer of ours: ignored
+    assert not ss.expire(OFFER_TTL + 1)
+    assert [i for name in list(have)[1:] for i in ss.refresh(name, OFFER_TTL + 1)] == []
+    assert ss.expire(2 * OFFER_TTL)  # silent since: a stalled peer's offers are released
+    again = [i for name in list(have)[1:] for i in ss.refresh(name, 2 * OFFER_TTL)]
+    assert set(again) == slow
+
+
 def test_the_last_pieces_are_spread_thin_over_the_peers() -> None:
     """A peer is topped up to its share of what nobody has reported yet, never above."""
     peers = 16
