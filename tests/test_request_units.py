@@ -234,7 +234,7 @@ def test_pipeline_depth_follows_what_the_peer_delivers(tmp_path: Path) -> None:
         link = PeerLink(session, None, False)
         session.link_opened(link)
         config = session.config
-        assert link.depth == config.pipeline_min
+        assert link.depth == config.pipeline_start
         session._last_tick -= 1.0
         link.downloaded += 200 * 1024 * 1024  # a fast peer: 200 MiB in a second
         session.tick(loop)
