@@ -131,15 +131,21 @@ def test_a_departed_peers_offers_go_to_the_others() -> None:
     assert set(again) == held
 
 
-def test_an_offer_left_unclaimed_is_released_after_its_time() -> None:
+def _all_but_p0_fetched() -> tuple[SuperSeeder, dict[str, set[int]], set[int]]:
+    """Eight peers offered a piece each at 0 s; all but p0 report theirs at 1 s."""
     ss = SuperSeeder(8, 4 * 1024 * 1024, rng=random.Random(6))
     have: dict[str, set[int]] = {f"p{i}": set() for i in range(8)}
     for name in have:
         ss.add_peer(name, _peer_has(have[name]), 0.0)
-    stuck = set(ss.offered("p0"))
+    held = set(ss.offered("p0"))
     for name in list(have)[1:]:
         have[name].update(ss.offered(name))
         ss.refresh(name, 1.0)
+    return ss, have, held
+
+
+def test_an_offer_left_unclaimed_is_released_after_its_time() -> None:
+    ss, have, stuck = _all_but_p0_fetched()
     assert not ss.expire(OFFER_TTL - 1)
     assert [i for name in have for i in ss.refresh(name, OFFER_TTL - 1)] == []
     assert ss.expire(OFFER_TTL + 1)
@@ -149,14 +155,7 @@ def test_an_offer_left_unclaimed_is_released_after_its_time() -> None:
 
 def test_offers_last_while_their_peer_keeps_asking() -> None:
     """OFFER_TTL counts from the peer's last request to us, not from the offer."""
-    ss = SuperSeeder(8, 4 * 1024 * 1024, rng=random.Random(6))
-    have: dict[str, set[int]] = {f"p{i}": set() for i in range(8)}
-    for name in have:
-        ss.add_peer(name, _peer_has(have[name]), 0.0)
-    slow = set(ss.offered("p0"))
-    for name in list(have)[1:]:
-        have[name].update(ss.offered(name))
-        ss.refresh(name, 1.0)
+    ss, have, slow = _all_but_p0_fetched()
     ss.note_request("p0", OFFER_TTL - 2)  # p0 is busy fetching (something of ours)
     ss.note_request("nobody", OFFER_TTL - 2)  # not a peer of ours: ignored
     assert not ss.expire(OFFER_TTL + 1)
