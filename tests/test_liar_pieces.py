@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from wirepeer import WAIT, next_message, serve_session, small_torrent, until
+from wirepeer import WAIT, remote_conn, seed_to, serve_session, small_torrent, until
 
 from murder_core.session import REQUEST_UNIT, Session, SessionConfig
 from murder_core.storage import Storage
 from murder_core.wire import messages as m
-from murder_core.wire.connection import PeerConnection
 
 PIECE = 2 * REQUEST_UNIT
 LIAR_ID = b"-MU0001-00000000liar"
@@ -34,12 +33,9 @@ def test_banning_a_liar_refetches_the_pieces_it_half_filled(tmp_path: Path) -> N
     storage = Storage.for_download(meta, tmp_path / "dl" / "payload.bin")
     session = Session(meta, storage, b"-MU0001-000000000000", SessionConfig(super_seed=False))
 
-    def remote(peer_id: bytes) -> PeerConnection:
-        return PeerConnection(meta.info_hash.raw, peer_id, meta.num_pieces)
-
     async def lie(port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        conn = remote(LIAR_ID)
+        conn = remote_conn(session, LIAR_ID)
         writer.write(conn.initiate())
         await until(conn, reader, m.Handshake)
         writer.write(conn.send(m.HaveAll()))
@@ -61,21 +57,10 @@ def test_banning_a_liar_refetches_the_pieces_it_half_filled(tmp_path: Path) -> N
 
     async def seed(port: int) -> list[m.Request]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        conn = remote(HONEST_ID)
-        writer.write(conn.initiate())
-        served: list[m.Request] = []
-        while not session.complete:
-            msg = await next_message(conn, reader)  # fails if the session hangs up on us
-            if isinstance(msg, m.Handshake):
-                writer.write(conn.send(m.HaveAll()))
-            elif isinstance(msg, m.Interested):
-                writer.write(conn.send(m.Unchoke()))
-            elif isinstance(msg, m.Request):
-                served.append(msg)
-                at = msg.index * PIECE + msg.begin
-                writer.write(conn.send(m.Piece(msg.index, msg.begin, data[at : at + msg.length])))
-        writer.close()
-        return served
+        try:  # fails if the session hangs up on the honest seed
+            return await seed_to(remote_conn(session, HONEST_ID), reader, writer, data, session)
+        finally:
+            writer.close()
 
     async def body(port: int) -> list[m.Request]:
         await lie(port)

@@ -12,7 +12,18 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from wirepeer import THEIR_ID, WAIT, Scenario, next_message, run_session, small_torrent
+from wirepeer import (
+    THEIR_ID,
+    WAIT,
+    Scenario,
+    greet,
+    next_message,
+    piece_for,
+    remote_conn,
+    run_session,
+    seed_to,
+    small_torrent,
+)
 
 from murder_core import peer as peer_module
 from murder_core.peer import STANDARD_BLOCK, PeerLink
@@ -20,7 +31,6 @@ from murder_core.session import REQUEST_UNIT, Session, SessionConfig
 from murder_core.storage import Storage
 from murder_core.values import PeerAddr
 from murder_core.wire import messages as m
-from murder_core.wire.connection import PeerConnection
 
 MURDER_ID = b"-MU0001-000000000002"
 PIECE = 2 * REQUEST_UNIT
@@ -34,23 +44,6 @@ def _downloader(tmp_path: Path, pieces: int) -> tuple[Session, Storage, bytes]:
     return session, storage, payload.read_bytes()
 
 
-def _remote(session: Session, remote_id: bytes) -> PeerConnection:
-    meta = session.meta
-    return PeerConnection(meta.info_hash.raw, remote_id, meta.num_pieces)
-
-
-def _piece(data: bytes, r: m.Request) -> m.Piece:
-    at = r.index * PIECE + r.begin
-    return m.Piece(r.index, r.begin, data[at : at + r.length])
-
-
-def _greet(conn: PeerConnection, msg: m.Message, *first: m.Message) -> bytes:
-    """A seed's answer to the handshake (``first``) and to Interested; b"" to the rest."""
-    if isinstance(msg, m.Handshake):
-        return b"".join(conn.send(f) for f in first)
-    return conn.send(m.Unchoke()) if isinstance(msg, m.Interested) else b""
-
-
 def _run(session: Session, storage: Storage, scenario: Scenario) -> bytes:
     """Run ``scenario``; returns the downloaded file's bytes, with the storage closed."""
     try:
@@ -58,28 +51,6 @@ def _run(session: Session, storage: Storage, scenario: Scenario) -> bytes:
         return storage.path.read_bytes()
     finally:
         storage.close()
-
-
-async def _seed_to(
-    conn: PeerConnection,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    data: bytes,
-    s: Session,
-) -> list[m.Request]:
-    """Serve every request as a seed until the session has everything; returns them all."""
-    writer.write(conn.initiate())
-    seen: list[m.Request] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 3 * WAIT
-    while not s.complete:
-        assert loop.time() < deadline, f"not complete after {len(seen)} requests"
-        msg = await next_message(conn, reader)
-        writer.write(_greet(conn, msg, m.HaveAll()))
-        if isinstance(msg, m.Request):
-            seen.append(msg)
-            writer.write(conn.send(_piece(data, msg)))
-    return seen
 
 
 @pytest.mark.parametrize(
@@ -95,7 +66,7 @@ def test_request_size_follows_the_remote_client(
     async def scenario(
         s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        seen = await _seed_to(_remote(s, remote_id), reader, writer, data, s)
+        seen = await seed_to(remote_conn(s, remote_id), reader, writer, data, s)
         assert {r.length for r in seen} == {size}
         covered = sorted((r.index, r.begin) for r in seen)
         assert covered == [(i, b) for i in range(3) for b in range(0, PIECE, size)]
@@ -112,12 +83,12 @@ def test_a_rejected_block_gives_up_its_whole_unit_and_asks_again(tmp_path: Path)
     async def scenario(
         s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        conn = _remote(s, THEIR_ID)
+        conn = remote_conn(s, THEIR_ID)
         writer.write(conn.initiate())
         requests: list[m.Request] = []
         while len(requests) < 2 * per_unit:
             msg = await next_message(conn, reader)
-            writer.write(_greet(conn, msg, m.HaveAll()))
+            writer.write(greet(conn, msg, m.HaveAll()))
             if isinstance(msg, m.Request):
                 requests.append(msg)
         rejected = requests[2]  # the third block of the first unit
@@ -134,7 +105,7 @@ def test_a_rejected_block_gives_up_its_whole_unit_and_asks_again(tmp_path: Path)
         }
         # Serve the second unit now; the first comes back as a fresh request later.
         for r in requests[per_unit:]:
-            writer.write(conn.send(_piece(data, r)))
+            writer.write(conn.send(piece_for(data, r, PIECE)))
         again: list[m.Request] = []
         while len(again) < per_unit:
             msg = await next_message(conn, reader)
@@ -142,7 +113,7 @@ def test_a_rejected_block_gives_up_its_whole_unit_and_asks_again(tmp_path: Path)
                 again.append(msg)
         assert {(r.index, r.begin) for r in again} == first_unit
         for r in again:
-            writer.write(conn.send(_piece(data, r)))
+            writer.write(conn.send(piece_for(data, r, PIECE)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT
         while not s.complete:  # bounded: the last block is in flight on loopback
@@ -162,7 +133,7 @@ def test_a_peer_that_dialled_us_is_not_dialled_again_every_tick(tmp_path: Path) 
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(1)
-        conn = _remote(session, first_id)
+        conn = remote_conn(session, first_id)
         conn.receive_data(await asyncio.wait_for(reader.readexactly(68), WAIT))
         writer.write(conn.initiate())
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
@@ -175,7 +146,7 @@ def test_a_peer_that_dialled_us_is_not_dialled_again_every_tick(tmp_path: Path) 
         loop = asyncio.get_running_loop()
         server = await asyncio.start_server(answer, "127.0.0.1", 0)
         try:
-            conn = _remote(s, first_id)
+            conn = remote_conn(s, first_id)
             writer.write(conn.initiate())
             await next_message(conn, reader)  # its handshake: our link is up
             writer.write(conn.send(m.HaveNone()))
@@ -208,14 +179,14 @@ def test_the_peer_that_sent_a_piece_hears_its_have_at_once(
     async def scenario(
         s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        conn = _remote(s, MURDER_ID)
+        conn = remote_conn(s, MURDER_ID)
         writer.write(conn.initiate())
         while True:
             msg = await next_message(conn, reader)
             # Like our super-seeder: nothing at first, then one piece revealed.
-            writer.write(_greet(conn, msg, m.HaveNone(), m.Have(1)))
+            writer.write(greet(conn, msg, m.HaveNone(), m.Have(1)))
             if isinstance(msg, m.Request):
-                writer.write(conn.send(_piece(data, msg)))
+                writer.write(conn.send(piece_for(data, msg, PIECE)))
             elif isinstance(msg, m.Have):
                 assert msg.index == 1
                 assert s.storage.has(1)

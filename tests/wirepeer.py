@@ -86,3 +86,44 @@ async def until(
         msg = await next_message(conn, reader)
         if isinstance(msg, kind):
             return msg
+
+
+def remote_conn(session: Session, remote_id: bytes) -> PeerConnection:
+    """The test's end of a connection to ``session``, as the peer ``remote_id``."""
+    meta = session.meta
+    return PeerConnection(meta.info_hash.raw, remote_id, meta.num_pieces)
+
+
+def piece_for(data: bytes, r: m.Request, piece_length: int) -> m.Piece:
+    """The honest answer to ``r`` out of the whole payload ``data``."""
+    at = r.index * piece_length + r.begin
+    return m.Piece(r.index, r.begin, data[at : at + r.length])
+
+
+def greet(conn: PeerConnection, msg: m.Message, *first: m.Message) -> bytes:
+    """A seed's answer to the handshake (``first``) and to Interested; b"" to the rest."""
+    if isinstance(msg, m.Handshake):
+        return b"".join(conn.send(f) for f in first)
+    return conn.send(m.Unchoke()) if isinstance(msg, m.Interested) else b""
+
+
+async def seed_to(
+    conn: PeerConnection,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    data: bytes,
+    s: Session,
+) -> list[m.Request]:
+    """Serve every request as a seed until the session has everything; returns them all."""
+    writer.write(conn.initiate())
+    seen: list[m.Request] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 3 * WAIT
+    while not s.complete:
+        assert loop.time() < deadline, f"not complete after {len(seen)} requests"
+        msg = await next_message(conn, reader)
+        writer.write(greet(conn, msg, m.HaveAll()))
+        if isinstance(msg, m.Request):
+            seen.append(msg)
+            writer.write(conn.send(piece_for(data, msg, s.meta.piece_length)))
+    return seen
