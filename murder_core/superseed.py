@@ -115,7 +115,8 @@ class SuperSeeder:
             self._asked_at[peer] = now
 
     def expire(self, now: float) -> bool:
-        """Release the offers of peers silent for OFFER_TTL; True if any was (``refresh``)."""
+        """Release offers made over OFFER_TTL ago to peers that have asked for nothing
+        for as long; True if any was (``refresh`` everyone)."""
         released = False
         for peer, offers in self._offered.items():
             asked = self._asked_at.get(peer, -1.0)

@@ -276,12 +276,11 @@ def _swarm(
     }
     per_gb = [cpu[p] / (moved[p] / 1e9) for p in cpu if moved[p] > 0]
     seeder_sent = samples[-1].up[r.seeder] - samples[0].up[r.seeder]
+    cpu_total = sum(cpu.values())
     run.metrics.update(
         peer_cpu_seconds=cpu,
-        peer_cpu_seconds_total=round(sum(cpu.values()), 2),
-        peer_cpu_kernel_pct=(
-            round(100 * sum(kernel.values()) / sum(cpu.values()), 1) if sum(cpu.values()) else None
-        ),
+        peer_cpu_seconds_total=round(cpu_total, 2),
+        peer_cpu_kernel_pct=round(100 * sum(kernel.values()) / cpu_total, 1) if cpu_total else None,
         peer_peak_rss_kib=rss,
         peer_cpu_s_per_gb_median=_median(per_gb),
         peer_cpu_s_per_gb_max=round(max(per_gb), 2) if per_gb else None,
