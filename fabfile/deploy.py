@@ -9,8 +9,10 @@ inside ``try/finally`` so teardown happens whatever fails, Ctrl-C included.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, TextIO
 
@@ -29,7 +31,7 @@ from fabfile.remote import Connections, HostError, Outcome
 from fabfile.report import OK, DeployReport, format_table
 from fabfile.seed import start_seeding
 from fabfile.settings import Settings, settings_from_config
-from fabfile.teardown import teardown
+from fabfile.teardown import TEARDOWN_TIMEOUT, EarlyTeardown, teardown
 from fabfile.torrent import (
     download_manifest,
     download_torrent,
@@ -108,12 +110,11 @@ def run_deploy(
         if settings.json:
             report.write_json(settings.json)
         return report
-    progress: list[SwarmProgress] = []
     inv = conns.inventory
-    lease = LeaseKeeper(conns, settings, [inv.tracker.name, inv.seeder.name])
-    lease.start()
+    aside = _Aside(LeaseKeeper(conns, settings, [inv.tracker.name, inv.seeder.name]))
+    aside.lease.start()
     try:
-        _deploy(conns, settings, report, live, pyz_hashes, progress, out, started)
+        _deploy(conns, settings, report, live, pyz_hashes, aside, out, started)
     except MurderError as exc:
         report.error = str(exc)
         report.fail_pending(str(exc))
@@ -126,10 +127,12 @@ def run_deploy(
         report.fail_pending(report.error)
         raise
     finally:
-        for bar in progress:
-            bar.stop()
-        lease.stop()  # before teardown, which removes the lease file a late touch would recreate
-        report.teardown_problems = teardown(conns, settings, peers)
+        aside.stop()  # before teardown, which removes the lease file a late touch would recreate
+        done: set[str] = set()
+        if aside.early is not None:
+            aside.early.join(TEARDOWN_TIMEOUT)
+            done = set(aside.early.done)
+        report.teardown_problems = teardown(conns, settings, peers, skip=done)
         _mark(report, started, "teardown")
         conns.close()
         report.ssh_connections = conns.opens
@@ -137,6 +140,23 @@ def run_deploy(
         if settings.json:
             report.write_json(settings.json)
     return report
+
+
+@dataclass
+class _Aside:
+    """What runs beside the deploy: stopped however it ends, before the final teardown."""
+
+    lease: LeaseKeeper
+    bars: list[SwarmProgress] = field(default_factory=list)
+    early: Optional[EarlyTeardown] = None
+    # The early teardown's thread and the deploy's ``finally`` may both stop them.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop(self) -> None:
+        with self._lock:
+            for bar in self.bars:
+                bar.stop()
+            self.lease.stop()
 
 
 def _mark(report: DeployReport, started: float, stage: str) -> None:
@@ -193,7 +213,7 @@ def _deploy(
     report: DeployReport,
     live: list[str],
     pyz_hashes: dict[str, str],
-    progress: list[SwarmProgress],
+    aside: _Aside,
     out: TextIO,
     started: float,
 ) -> None:
@@ -274,7 +294,7 @@ def _deploy(
         enabled=settings.progress,
         file=out,
     )
-    progress.append(bar)
+    aside.bars.append(bar)
     bar.start()
     file_name = payload_name(settings, source)
 
@@ -284,18 +304,35 @@ def _deploy(
 
     watch = SeederWatch(conns, settings, bytes_done)
 
+    def swarm_over() -> None:
+        watch.stop()  # it would take the seeder's stop for a death
+        aside.stop()
+
+    early = EarlyTeardown(
+        conns,
+        settings,
+        [h.name for h in inv.peers],
+        [h for h in live if h not in conns.failed],  # the hosts conns.map will run
+        before=swarm_over,
+    )
+    aside.early = early
+
     def deploy_host(host: str) -> Optional[float]:
         begun = time.monotonic()
-        if not watch.begin(host):
-            raise HostError(host, f"murder peer not started: {watch.verdict}")
         try:
-            fetched = download(conns, settings, host)
-        except HostError:
-            if watch.verdict is not None:
-                raise HostError(host, f"murder peer stopped: {watch.verdict}") from None
-            raise
+            if not watch.begin(host):
+                raise HostError(host, f"murder peer not started: {watch.verdict}")
+            try:
+                fetched = download(conns, settings, host)
+            except HostError:
+                if watch.verdict is not None:
+                    raise HostError(host, f"murder peer stopped: {watch.verdict}") from None
+                raise
+            finally:
+                watch.end(host)
         finally:
-            watch.end(host)
+            if early.download_ended(host):
+                _mark(report, started, "swarm")
         seconds = time.monotonic() - begun if fetched else None
         install_release(
             conns,
@@ -305,6 +342,7 @@ def _deploy(
             file_name=file_name,
             downloaded=fetched,
         )
+        early.installed(host)
         return seconds
 
     watch.start()

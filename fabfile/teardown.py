@@ -6,9 +6,11 @@ collected and returned for the report instead.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+import threading
+from typing import Callable, Collection, Iterable, List, Optional, Sequence, Set
 
-from fabfile.remote import Connections, sh, stop_script
+from fabfile.inventory import Inventory
+from fabfile.remote import Connections, HostError, sh, stop_script
 from fabfile.settings import Settings
 
 TEARDOWN_TIMEOUT = 60
@@ -35,35 +37,111 @@ def clean_temp_files(conns: Connections, settings: Settings, host: str) -> None:
     conns.run(host, clean_script(settings))
 
 
-def teardown(conns: Connections, settings: Settings, peers: Sequence[str]) -> List[str]:
+def host_script(settings: Settings, inv: Inventory, peers: Sequence[str], host: str) -> str:
+    """One round trip that stops whatever of ours runs on ``host`` and cleans up there."""
+    files = [settings.pidfile("peer-fg"), settings.pidfile("peer")] if host in peers else []
+    if host == inv.seeder.name:
+        files.append(settings.pidfile("seeder"))
+    if host == inv.tracker.name:
+        files.append(settings.pidfile("tracker"))
+    return stop_script(files, then=clean_script(settings))
+
+
+def teardown(
+    conns: Connections, settings: Settings, peers: Sequence[str], skip: Collection[str] = ()
+) -> List[str]:
     """Stop peering, seeding and the tracker, clean temp files; return the problems.
 
     Only hosts we reached during this run are visited: nothing of ours runs elsewhere.
+    ``skip`` names hosts already torn down (see :class:`EarlyTeardown`).
     """
-    problems: List[str] = []
     # Stopping takes seconds; a host that stopped answering must not hold teardown for
     # the full command timeout.
     conns.command_timeout = min(conns.command_timeout, TEARDOWN_TIMEOUT)
-    reached = set(conns.reached())
     inv = conns.inventory
-
-    # One round trip per host, all at once: each host stops whatever of ours runs there
-    # (its peer, the seeder, the tracker) and cleans up. The tracker may go while peers
-    # still say "stopped": their announce is then refused at once, and nobody needs it.
-    def pidfiles(host: str) -> List[str]:
-        files = [settings.pidfile("peer-fg"), settings.pidfile("peer")] if host in peers else []
-        if host == inv.seeder.name:
-            files.append(settings.pidfile("seeder"))
-        if host == inv.tracker.name:
-            files.append(settings.pidfile("tracker"))
-        return files
-
-    clean = clean_script(settings)
-    everyone = [h.name for h in inv.all_hosts if h.name in reached]
+    # One round trip per host, all at once. The tracker may go while peers still say
+    # "stopped": their announce is then refused at once, and nobody needs it.
+    everyone = [h.name for h in inv.all_hosts if h.name in conns.reached() and h.name not in skip]
     outcomes = conns.map(
         everyone,
-        lambda h: conns.run(h, stop_script(pidfiles(h), then=clean)),
+        lambda h: conns.run(h, host_script(settings, inv, peers, h)),
         skip_failed=False,
     )
-    problems.extend(f"{o.host}: stop and clean: {o.error}" for o in outcomes.values() if not o.ok)
-    return problems
+    return [f"{o.host}: stop and clean: {o.error}" for o in outcomes.values() if not o.ok]
+
+
+class EarlyTeardown:
+    """Tears each host down as soon as the deploy needs nothing more from it.
+
+    Once every peer has its payload, the tracker, the seeder and the peers' linger-seeding
+    serve nobody in this deploy; a peer's temp files are needed until its own install is
+    done. So the tracker's and seeder's hosts go when the last download ends (after
+    ``before``, which stops whatever still watches or renews them), and each peer when its
+    install is done too. The stops then overlap the extraction, the longest step after
+    the swarm, instead of following it.
+
+    Only the end of the happy path is handled here. A host whose download or install
+    failed, one whose stop failed, and everything after Ctrl-C are left to the final
+    :func:`teardown`, which skips only the hosts in ``done``.
+    """
+
+    def __init__(
+        self,
+        conns: Connections,
+        settings: Settings,
+        peers: Sequence[str],
+        downloading: Iterable[str],
+        before: Callable[[], None],
+    ) -> None:
+        self.conns = conns
+        self.settings = settings
+        self.peers = list(peers)
+        self.done: Set[str] = set()
+        self._waiting = set(downloading)
+        self._before = before
+        self._installed: List[str] = []
+        self._open = False  # before() has run: installed peers stop at once
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def download_ended(self, host: str) -> bool:
+        """``host``'s download is over, however it went; True when it was the last one."""
+        with self._lock:
+            if host not in self._waiting:
+                return False
+            self._waiting.discard(host)
+            if self._waiting:
+                return False
+        self._thread = threading.Thread(target=self._release, name="murder-release", daemon=True)
+        self._thread.start()
+        return True
+
+    def installed(self, host: str) -> None:
+        """``host`` has its release in place: stop it now, or as soon as the swarm is over."""
+        with self._lock:
+            if not self._open:
+                self._installed.append(host)
+                return
+        self._stop(host)
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _release(self) -> None:
+        self._before()
+        inv = self.conns.inventory
+        with self._lock:
+            self._open = True
+            hosts = [h for h in (inv.tracker.name, inv.seeder.name) if h not in self.peers]
+            hosts = list(dict.fromkeys(hosts + self._installed))
+        self.conns.map(hosts, self._stop, skip_failed=False)
+
+    def _stop(self, host: str) -> None:
+        script = host_script(self.settings, self.conns.inventory, self.peers, host)
+        try:
+            self.conns.run(host, script, timeout=TEARDOWN_TIMEOUT)
+        except HostError:
+            return  # the final teardown tries again, and reports it
+        with self._lock:
+            self.done.add(host)

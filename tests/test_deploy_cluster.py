@@ -147,7 +147,7 @@ def test_full_deploy_to_six_peers(env: Env) -> None:
     # The tracker starts while the seeder packs and hashes: either may end first.
     assert order[:2] == ["preflight", "install"]
     assert sorted(order[2:4]) == ["payload", "tracker"]
-    assert order[4:] == ["torrent", "seeding", "hosts", "teardown"]
+    assert order[4:] == ["torrent", "seeding", "swarm", "hosts", "teardown"]
     assert 0 < stages["teardown"] <= data["seconds"]
     assert "hosts 6/6" in out.stderr  # the swarm bar ended on every host done
     for line in out.stdout.splitlines()[1:7]:
@@ -418,6 +418,54 @@ def test_run_deploy_from_python_with_files_on_the_seeder(env: Env) -> None:
     for host in everyone:
         assert env.tree(host, "/srv/murder/py/current/") == expected
     assert_nothing_left(env)
+
+
+def test_tracker_and_seeder_stop_while_peers_still_install(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the last download ends, nothing needs the tracker, the seeder or the peers'
+    linger-seeding: they are stopped while the installs run, not after all of them. A
+    peer's own payload stays until its install is done. h7's install waits here, at most
+    30 s, until h1 runs nothing of ours; without the early stop it would wait in vain."""
+    from fabfile import run_deploy, settings_from_config
+
+    deploy_module = sys.modules["fabfile.deploy"]  # ``fabfile.deploy`` is the task
+    real_install = deploy_module.install_release
+    seen: dict[str, Any] = {}
+
+    def install_h7_last(conns: Any, host: str, settings: Any, **kwargs: Any) -> None:
+        if host == "h7":
+            deadline = time.monotonic() + 30
+            while env.murder_processes().get("h1") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            seen["h1"] = env.murder_processes().get("h1", [])
+            seen["h7 payload"] = env.sh(
+                "h7", "ls /tmp/murder/early.tgz 2>/dev/null || true"
+            ).strip()
+        real_install(conns, host, settings, **kwargs)
+
+    monkeypatch.setattr(deploy_module, "install_release", install_h7_last)
+    release = make_release(env.work / "rel-early", 5)
+    settings = settings_from_config(
+        {},
+        tag="early",
+        local_path=str(release),
+        inventory=str(env.info.inventory),
+        pyz=str(env.pyz),
+        local_torrent_dir=str(env.work / "torrents"),
+        progress=False,
+    )
+    with open(os.devnull, "w") as quiet:
+        report = run_deploy(settings, ssh_config=env.info.ssh_config, out=quiet)
+    assert report.ok, report.to_json()
+    assert seen["h1"] == []  # tracker and seeder gone before h7's install began
+    assert seen["h7 payload"] == "/tmp/murder/early.tgz"  # but not h7's own payload
+    assert report.stages["swarm"] < report.stages["hosts"] <= report.stages["teardown"]
+    assert env.current("h7") == "releases/early"
+    assert env.tree("h7", "/srv/murder/app/current/") == local_tree(release)
+    assert_nothing_left(env)
+    for host in ("h1", "h7"):
+        assert env.sh(host, "ls /tmp/murder/early.tgz* 2>/dev/null || true") == "", host
 
 
 TREE_LISTING = (
