@@ -128,10 +128,7 @@ def run_deploy(
         raise
     finally:
         aside.stop()  # before teardown, which removes the lease file a late touch would recreate
-        done: set[str] = set()
-        if aside.early is not None:
-            aside.early.join(TEARDOWN_TIMEOUT)
-            done = set(aside.early.done)
+        done = aside.early.close(TEARDOWN_TIMEOUT) if aside.early is not None else set()
         report.teardown_problems = teardown(conns, settings, peers, skip=done)
         _mark(report, started, "teardown")
         conns.close()

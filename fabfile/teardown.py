@@ -82,7 +82,7 @@ class EarlyTeardown:
 
     Only the end of the happy path is handled here. A host whose download or install
     failed, one whose stop failed, and everything after Ctrl-C are left to the final
-    :func:`teardown`, which skips only the hosts in ``done``.
+    :func:`teardown`, which skips only the hosts :meth:`close` returns.
     """
 
     def __init__(
@@ -101,37 +101,53 @@ class EarlyTeardown:
         self._before = before
         self._installed: List[str] = []
         self._open = False  # before() has run: installed peers stop at once
+        self._closed = False  # the final teardown has the rest
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
 
     def download_ended(self, host: str) -> bool:
         """``host``'s download is over, however it went; True when it was the last one."""
         with self._lock:
-            if host not in self._waiting:
+            if self._closed or host not in self._waiting:
                 return False
             self._waiting.discard(host)
             if self._waiting:
                 return False
-        self._thread = threading.Thread(target=self._release, name="murder-release", daemon=True)
-        self._thread.start()
+            self._thread = threading.Thread(target=self._release, name="murder-release")
+            self._thread.daemon = True
+            self._thread.start()
         return True
 
     def installed(self, host: str) -> None:
         """``host`` has its release in place: stop it now, or as soon as the swarm is over."""
         with self._lock:
+            if self._closed:
+                return
             if not self._open:
                 self._installed.append(host)
                 return
         self._stop(host)
 
-    def join(self, timeout: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def close(self, timeout: float) -> Set[str]:
+        """Start no more stops, wait up to ``timeout`` for those under way; the hosts done.
+
+        After Ctrl-C a download may still end, and its stops would otherwise run behind
+        (or after) the final teardown.
+        """
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        with self._lock:
+            return set(self.done)
 
     def _release(self) -> None:
         self._before()
         inv = self.conns.inventory
         with self._lock:
+            if self._closed:
+                return
             self._open = True
             hosts = [h for h in (inv.tracker.name, inv.seeder.name) if h not in self.peers]
             hosts = list(dict.fromkeys(hosts + self._installed))
