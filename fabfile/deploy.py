@@ -26,7 +26,7 @@ from fabfile.inventory import load_inventory
 from fabfile.lease import LeaseKeeper
 from fabfile.peers import download, upload_torrents
 from fabfile.progress import SwarmProgress, fetch_direct, fetch_over_ssh
-from fabfile.release import hosts_with_release, install_release, payload_name, rollback_all
+from fabfile.release import install_release, payload_name, rollback_all
 from fabfile.remote import Connections, HostError, Outcome
 from fabfile.report import OK, DeployReport, format_table
 from fabfile.seed import start_seeding
@@ -175,9 +175,15 @@ def _preflight(
     still in the game, or None (report filled in) when the tracker or seeder is out.
     """
     inv = conns.inventory
+    peers = {h.name for h in inv.peers}
+    having: list[str] = []  # peers that already hold this release
 
     def probe(host: str) -> str:
-        _, pyz_hashes[host] = check_python(conns, host, settings)
+        release = settings.release_dir if host in peers and not settings.force else None
+        found = check_python(conns, host, settings, release)
+        pyz_hashes[host] = found.pyz_sha256
+        if found.release_exists:
+            having.append(host)
         return conns.ip_of(host)
 
     ips = conns.map([h.name for h in inv.all_hosts], probe)
@@ -193,14 +199,11 @@ def _preflight(
             live.append(name)
         else:
             report.host(name).fail(ips[name].error or "unreachable")
-    if not settings.force:
-        existing = hosts_with_release(conns, settings, live)
-        having = [h for h, o in existing.items() if o.ok and o.value]
-        if having:
-            raise DeployError(
-                f"release {settings.require_tag()} already exists in {settings.releases_dir} "
-                f"on {', '.join(having)}; pass --force to deploy it again"
-            )
+    if having:
+        raise DeployError(
+            f"release {settings.require_tag()} already exists in {settings.releases_dir} "
+            f"on {', '.join(h for h in live if h in having)}; pass --force to deploy it again"
+        )
     return live
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 from fabfile.remote import Connections, HostError, Outcome, sh
 from fabfile.settings import Settings
@@ -19,17 +19,30 @@ _SHA256 = (
     "try:\n"
     "    f = open(sys.argv[1], 'rb')\n"
     "except OSError:\n"
-    "    print('missing'); sys.exit(0)\n"
-    "h = hashlib.sha256()\n"
-    "for chunk in iter(lambda: f.read(1 << 20), b''):\n"
-    "    h.update(chunk)\n"
-    "print(h.hexdigest())\n"
+    "    print('missing')\n"
+    "else:\n"
+    "    h = hashlib.sha256()\n"
+    "    for chunk in iter(lambda: f.read(1 << 20), b''):\n"
+    "        h.update(chunk)\n"
+    "    print(h.hexdigest())\n"
 )
-# One python start per host answers both "is python3 new enough" and "is murder.pyz
-# current": under a loaded fleet (or sixteen hosts on two cores) each start is dear.
+# One python start per host answers "is python3 new enough", "is murder.pyz current"
+# and, for a peer, "is this release already there": under a loaded fleet (or sixteen
+# hosts on two cores) each start and round trip is dear.
 _PROBE = (
-    "import sys\nv = sys.version_info\nprint('%d.%d.%d' % v[:3])\nif v < (3, 9):\n    sys.exit(1)\n"
-) + _SHA256
+    (
+        "import sys\nv = sys.version_info\nprint('%d.%d.%d' % v[:3])\n"
+        "if v < (3, 9):\n    sys.exit(1)\n"
+    )
+    + _SHA256
+    + "if len(sys.argv) > 2:\n    import os\n    print(os.path.lexists(sys.argv[2]))\n"
+)
+
+
+class Probe(NamedTuple):
+    python_version: str
+    pyz_sha256: str  # "missing" when there is none
+    release_exists: Optional[bool]  # None when not asked
 
 
 def local_pyz(settings: Settings) -> Path:
@@ -60,22 +73,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_python(conns: Connections, host: str, settings: Settings) -> tuple[str, str]:
-    """The remote python3's version and the sha256 of the installed murder.pyz
-    ("missing" if none), or HostError saying what is wrong with that python."""
+def check_python(
+    conns: Connections, host: str, settings: Settings, release: Optional[str] = None
+) -> Probe:
+    """The remote python3's version, the sha256 of the installed murder.pyz and, given a
+    ``release`` directory, whether it exists; HostError saying what is wrong with that
+    python."""
+    args = [settings.pyz_remote] + ([release] if release is not None else [])
     result = conns.run(
         host,
         f"command -v {sh(settings.python)} >/dev/null || exit 127; "
-        f"{sh(settings.python, '-c', _PROBE, settings.pyz_remote)}",
+        f"{sh(settings.python, '-c', _PROBE, *args)}",
         check=False,
     )
     if result.exited == 127:
         raise HostError(host, f"{settings.python} not found on PATH")
     lines = str(result.stdout).split()
     version = lines[0] if lines else ""
-    if result.exited != 0 or len(lines) != 2:
+    if result.exited != 0 or len(lines) != 1 + len(args):
         raise HostError(host, f"{settings.python} >= 3.9 is required, found {version or '?'}")
-    return version, lines[1]
+    exists = lines[2] == "True" if release is not None else None
+    return Probe(version, lines[1], exists)
 
 
 def clear_dir_script(path: str) -> str:
@@ -108,7 +126,7 @@ def install_on(
     host is probed here.
     """
     if installed_sha256 is None:
-        _, installed_sha256 = check_python(conns, host, settings)
+        installed_sha256 = check_python(conns, host, settings).pyz_sha256
     target = settings.remote_murder_path
     if clear:
         conns.run(host, clear_dir_script(target))

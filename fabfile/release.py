@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 from fabfile.remote import Connections, HostError, Outcome, sh
 from fabfile.settings import Settings
@@ -76,19 +76,6 @@ def install_release(
     args = [src, settings.destination_path, settings.require_tag(), kind, file_name]
     args += ["1" if settings.force else "0", str(settings.keep_releases)]
     conns.run(host, helper_command(settings, "install", *args))
-
-
-def existing_release(conns: Connections, host: str, settings: Settings) -> bool:
-    out = conns.run(
-        host, helper_command(settings, "exists", settings.destination_path, settings.require_tag())
-    )
-    return str(out.stdout).strip() == "yes"
-
-
-def hosts_with_release(
-    conns: Connections, settings: Settings, hosts: Sequence[str]
-) -> Dict[str, Outcome[bool]]:
-    return conns.map(hosts, lambda h: existing_release(conns, h, settings))
 
 
 def rollback_on(conns: Connections, host: str, settings: Settings, tag: str = "") -> str:

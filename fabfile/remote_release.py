@@ -22,7 +22,6 @@ Commands:
   switch DEST TAG                        point DEST/current at releases/TAG atomically
   prune DEST KEEP                        keep the newest KEEP releases (and the current one)
   rollback DEST [TAG]                    point current at the release before it (or at TAG)
-  exists DEST TAG                        print yes or no
   current DEST                           print the current tag (empty if none)
 """
 
@@ -484,7 +483,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         if not argv:
             raise ReleaseError(
-                "usage: manifest|extract|install|switch|prune|rollback|exists|current ...", 2
+                "usage: manifest|extract|install|switch|prune|rollback|current ...", 2
             )
         cmd, args = argv[0], list(argv[1:])
         if cmd == "extract" and len(args) == 5:
@@ -502,8 +501,6 @@ def main(argv: Sequence[str]) -> int:
             print(" ".join(prune(args[0], int(args[1]))))
         elif cmd == "rollback" and len(args) in (1, 2):
             print(rollback(args[0], args[1] if len(args) == 2 else ""))
-        elif cmd == "exists" and len(args) == 2:
-            print("yes" if os.path.lexists(os.path.join(_releases_dir(args[0]), args[1])) else "no")
         elif cmd == "current" and len(args) == 1:
             print(current(args[0]))
         else:

@@ -3,6 +3,7 @@ locally, the release helper, the report, the progress parser, and `fab` loading 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -19,7 +20,7 @@ import pytest
 from fabric import Config  # type: ignore[import-untyped]
 
 from fabfile import ns
-from fabfile.install import clear_dir_script
+from fabfile.install import _PROBE, clear_dir_script
 from fabfile.inventory import parse_inventory
 from fabfile.progress import SwarmSnapshot, parse_stats
 from fabfile.release import payload_name
@@ -327,6 +328,32 @@ def test_start_detached_script_reports_an_early_death(tmp_path: Path) -> None:
     result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "cannot bind 8998" in result.stderr
+
+
+@pytest.mark.parametrize("pyz", [True, False])
+@pytest.mark.parametrize("release", ["absent", "present", "link", None])
+def test_preflight_probe_answers_all_three_in_one_python_start(
+    tmp_path: Path, pyz: bool, release: str | None
+) -> None:
+    """python's version, murder.pyz's sha256 (or "missing") and whether the release is
+    there, from one run of the probe with this python; a dangling link counts as there."""
+    pyz_path = tmp_path / "murder.pyz"
+    if pyz:
+        pyz_path.write_bytes(b"zip" * 1000)
+    target = tmp_path / "releases" / "v1"
+    target.parent.mkdir()
+    if release == "present":
+        target.mkdir()
+    elif release == "link":
+        target.symlink_to(tmp_path / "gone")
+    argv = [sys.executable, "-c", _PROBE, str(pyz_path)] + ([str(target)] if release else [])
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    expected = [".".join(map(str, sys.version_info[:3]))]
+    expected.append(hashlib.sha256(b"zip" * 1000).hexdigest() if pyz else "missing")
+    if release is not None:
+        expected.append(str(release != "absent"))
+    assert out.stdout.split() == expected
 
 
 @pytest.mark.parametrize(("files", "refused"), [(5, False), (1000, False), (1001, True)])
