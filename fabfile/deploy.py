@@ -199,10 +199,11 @@ def _preflight(
             live.append(name)
         else:
             report.host(name).fail(ips[name].error or "unreachable")
-    if having:
+    existing = [h for h in live if h in having]
+    if existing:
         raise DeployError(
             f"release {settings.require_tag()} already exists in {settings.releases_dir} "
-            f"on {', '.join(h for h in live if h in having)}; pass --force to deploy it again"
+            f"on {', '.join(existing)}; pass --force to deploy it again"
         )
     return live
 
