@@ -59,9 +59,10 @@ def teardown(
     # the full command timeout.
     conns.command_timeout = min(conns.command_timeout, TEARDOWN_TIMEOUT)
     inv = conns.inventory
+    visit = set(conns.reached()).difference(skip)
     # One round trip per host, all at once. The tracker may go while peers still say
     # "stopped": their announce is then refused at once, and nobody needs it.
-    everyone = [h.name for h in inv.all_hosts if h.name in conns.reached() and h.name not in skip]
+    everyone = [h.name for h in inv.all_hosts if h.name in visit]
     outcomes = conns.map(
         everyone,
         lambda h: conns.run(h, host_script(settings, inv, peers, h)),
@@ -96,7 +97,7 @@ class EarlyTeardown:
         self.conns = conns
         self.settings = settings
         self.peers = list(peers)
-        self.done: Set[str] = set()
+        self._done: Set[str] = set()
         self._waiting = set(downloading)
         self._before = before
         self._installed: List[str] = []
@@ -113,8 +114,9 @@ class EarlyTeardown:
             self._waiting.discard(host)
             if self._waiting:
                 return False
-            self._thread = threading.Thread(target=self._release, name="murder-release")
-            self._thread.daemon = True
+            self._thread = threading.Thread(
+                target=self._release, name="murder-release", daemon=True
+            )
             self._thread.start()
         return True
 
@@ -140,7 +142,7 @@ class EarlyTeardown:
         if thread is not None:
             thread.join(timeout)
         with self._lock:
-            return set(self.done)
+            return set(self._done)
 
     def _release(self) -> None:
         self._before()
@@ -160,4 +162,4 @@ class EarlyTeardown:
         except HostError:
             return  # the final teardown tries again, and reports it
         with self._lock:
-            self.done.add(host)
+            self._done.add(host)
