@@ -122,15 +122,30 @@ def _lease(args: argparse.Namespace) -> Lease | None:
     return lease
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"murder {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help layout, minus its ``import shutil`` (3 ms, with bz2 and lzma) for
+    the terminal width, paid by every command at its first add_argument."""
 
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    # What shutil.get_terminal_size() answers: $COLUMNS, else the terminal, else 80.
+    with contextlib.suppress(KeyError, ValueError):
+        columns = int(os.environ["COLUMNS"])
+        if columns > 0:
+            return columns
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):  # no stdout at all, or not a terminal
+        return 80
+
+
+def _add_tracker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t = sub.add_parser(
         "tracker",
+        formatter_class=_Formatter,
         help="run the HTTP tracker (foreground)",
         description="Run the HTTP tracker in the foreground until SIGTERM.",
     )
@@ -156,8 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lease_args(t)
     t.set_defaults(func=cmd_tracker)
 
+
+def _add_make_torrent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mk = sub.add_parser(
         "make-torrent",
+        formatter_class=_Formatter,
         help="hash a file or directory into a .torrent",
         description="Hash PATH into a .torrent announcing to http://HOST:PORT/announce.",
     )
@@ -201,8 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mk.set_defaults(func=cmd_make_torrent)
 
+
+def _add_seed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser(
         "seed",
+        formatter_class=_Formatter,
         help="serve a complete payload until stopped",
         description="Serve a complete, verified payload until SIGTERM/SIGINT.",
     )
@@ -217,8 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lease_args(s)
     s.set_defaults(func=cmd_client, mode="seed")
 
+
+def _add_peer(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "peer",
+        formatter_class=_Formatter,
         help="download a payload, then seed it for --linger seconds",
         description="Download into FILE.part, verify every piece, rename to FILE and "
         "exit 0; a background process keeps seeding for --linger seconds.",
@@ -244,7 +268,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="linger in this process instead of a background one",
     )
     p.set_defaults(func=cmd_client, mode="peer")
+
+
+COMMANDS = {
+    "tracker": _add_tracker,
+    "make-torrent": _add_make_torrent,
+    "seed": _add_seed,
+    "peer": _add_peer,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or only ``command``'s part of it.
+
+    Every peer of a deploy starts at the same moment, and describing all four commands
+    to argparse is a few ms of each one's start, so a run of one known command
+    builds that command alone; its help and errors read the same.
+    """
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"murder {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, add in COMMANDS.items():
+        if command is None or name == command:
+            add(sub)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs, if it names one; None when it asks for the top help."""
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def _setup_logging(verbose: bool, logfile: str | None) -> None:
@@ -371,7 +430,8 @@ def _error(exc: BaseException) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, getattr(args, "logfile", None))
     try:

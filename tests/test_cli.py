@@ -44,6 +44,43 @@ def test_every_subcommand_explains_itself(command: str) -> None:
         assert "--linger" in out.stdout and "--timeout" in out.stdout
 
 
+def test_the_top_help_and_a_wrong_command_still_name_every_command() -> None:
+    """A run of one command builds only its own parser; everything else sees them all."""
+    from murder_core import cli
+
+    assert cli._command_of(["-v", "peer", "x.torrent", "x"]) == "peer"
+    assert cli._command_of(["--help", "peer"]) is None
+    assert cli._command_of(["nope"]) is None
+    for args in (["--help"], ["-v", "--help"]):
+        out = murder(*args)
+        assert out.returncode == 0, out.stderr
+        for command in cli.COMMANDS:
+            assert command in out.stdout, (args, out.stdout)
+    wrong = murder("peers", "x.torrent", "x")
+    assert wrong.returncode == 2
+    assert "invalid choice: 'peers'" in wrong.stderr and "'peer'" in wrong.stderr, wrong.stderr
+    bad_option = murder("peer", "x.torrent", "x", "--minport", "nope")
+    assert bad_option.returncode == 2 and "usage: murder peer" in bad_option.stderr
+
+
+def test_a_command_line_is_parsed_without_importing_shutil() -> None:
+    """argparse imports shutil (with bz2 and lzma) for the terminal width unless told it."""
+    code = (
+        "import sys; from murder_core import cli; "
+        "cli.build_parser(cli._command_of(sys.argv[1:])).parse_args(sys.argv[1:]); "
+        "print(sorted(m for m in ('shutil', 'lzma', 'bz2') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code, "peer", "x.torrent", "x", "--ip", "10.0.0.1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_make_torrent_excludes_and_skips_symlinks(tmp_path: Path) -> None:
     from murder_core.metainfo import read_metainfo
 
