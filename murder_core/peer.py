@@ -37,7 +37,11 @@ MURDER_PEER_ID_PREFIX = b"-MU"
 
 #: Kernel socket buffers big enough to keep a fast link full without a deep Python queue.
 SOCKET_BUFFER = 4 * 1024 * 1024
-WRITE_HIGH_WATER = 2 * 1024 * 1024
+#: Unsent bytes the kernel takes per link (TCP_NOTSENT_LOWAT) before a send stops short;
+#: what is left waits in the transport, and the link holds an upload slot until it has
+#: gone (see uploads.py). A deep unsent queue per link would let TCP interleave every
+#: link's blocks again. Bytes in flight are not counted: the window still fills.
+UNSENT_LOWAT = 64 * 1024
 #: While a message over this size is half-received, the kernel is asked (SO_RCVLOWAT)
 #: to wake us only once the rest of it is in. On a link shared by many peers, bytes
 #: otherwise arrive a packet or two per read, each read a trip through the event loop
@@ -95,10 +99,16 @@ class PeerLink(asyncio.Protocol):
             for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
                 with contextlib.suppress(OSError):  # the kernel caps it; defaults still work
                     sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+            if lowat is not None and sock.type == socket.SOCK_STREAM:
+                with contextlib.suppress(OSError):  # not TCP, or an old kernel: still works
+                    sock.setsockopt(socket.IPPROTO_TCP, lowat, UNSENT_LOWAT)
         peername = transport.get_extra_info("peername")
         if peername and self.addr is None:
             self.remote = f"{peername[0]}:{peername[1]}"
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # Paused while anything at all waits in the transport: the upload order counts
+        # such a link as still sending.
+        transport.set_write_buffer_limits(high=0)
         # An accepted connection answers only once the dialler's handshake has named our
         # info_hash: ours would tell anyone who connects which torrent to ask for.
         if self.outgoing:
@@ -150,7 +160,7 @@ class PeerLink(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        self.session.serve_uploads(self)
+        self.session.serve_uploads()
 
     # -- sending -----------------------------------------------------------------------
     def _write(self, data: bytes) -> None:

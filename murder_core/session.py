@@ -25,6 +25,7 @@ from .picker import PiecePicker
 from .ratelimit import TokenBucket
 from .storage import Storage
 from .superseed import SuperSeeder
+from .uploads import UPLOAD_SLOTS, UploadOrder
 from .values import PeerAddr
 from .wire import messages as m
 from .wire.connection import DEFAULT_MAX_BLOCK, ChokeState, InterestState
@@ -39,6 +40,11 @@ REQUEST_UNIT = DEFAULT_MAX_BLOCK
 @dataclass
 class SessionConfig:
     max_uploads: int = 64  # peers we serve at once
+    # Links given upload data at once, oldest request first (see uploads.py). On the
+    # N = 16 bench, against every link at once: 10 of 13 alternating pairs won, by
+    # 0.1-0.4 s, and the swarm's download rate ramps up about 0.4 s sooner; four slots
+    # left the seeder 94-98% busy, two 52%.
+    upload_slots: int = UPLOAD_SLOTS
     max_peers: int = 80  # connections we keep open
     # Requests (of up to REQUEST_UNIT bytes) in flight per peer: enough for about
     # queue_seconds of what that peer has been sending us. A deeper queue only makes
@@ -114,7 +120,8 @@ class Session:
         now = time.monotonic()
         self.up_bucket = TokenBucket(config.max_upload_rate, now)
         self.down_bucket = TokenBucket(config.max_download_rate, now)
-        self._serve_scheduled: set[PeerLink] = set()
+        self.upload_order: UploadOrder[PeerLink] = UploadOrder(config.upload_slots)
+        self._serve_timer: asyncio.TimerHandle | None = None
         self.superseed = (
             SuperSeeder(meta.num_pieces, meta.piece_length)
             if config.super_seed and storage.complete
@@ -193,6 +200,8 @@ class Session:
         for peers in self.contributors.values():
             peers.discard(link)
         self._unchoke_waiting()
+        if not self.stopping:
+            self.serve_uploads()  # it may have held an upload slot
 
     def drop(self, link: PeerLink, reason: str) -> None:
         if not link.closed:
@@ -368,19 +377,27 @@ class Session:
         if self.superseed is not None:
             self.superseed.note_request(link, time.monotonic())
         link.uploads.append(block)
-        self.serve_uploads(link)
+        self.upload_order.requested(link)
+        self.serve_uploads()
 
     def _on_cancel(self, link: PeerLink, msg: m.Cancel) -> None:
         with contextlib.suppress(ValueError):
             link.uploads.remove((msg.index, msg.begin, msg.length))
 
-    def serve_uploads(self, link: PeerLink) -> None:
-        bucket = self.up_bucket
-        while link.uploads and not link.paused and not link.closed:
+    def serve_uploads(self) -> None:
+        """Send queued blocks, oldest request first, while upload slots and the cap allow."""
+        order, bucket = self.upload_order, self.up_bucket
+        while order.waiting:
             now = time.monotonic()
             wait = bucket.delay(now)
             if wait > 0:
-                self._schedule_serve(link, wait)
+                self._serve_later(wait)
+                return
+            link = order.next_link(now)
+            if link is None:
+                retry = order.retry_after(now)
+                if retry is not None:
+                    self._serve_later(retry)
                 return
             index, begin, length = link.uploads.popleft()
             try:
@@ -389,23 +406,30 @@ class Session:
                 self.drop(link, f"cannot serve block: {exc}")
                 if self.on_fatal is not None:
                     self.on_fatal(exc)
-                return
+                return  # our payload is not what the torrent says: serve nothing more
             except StorageError as exc:
                 self.drop(link, f"cannot serve block: {exc}")
-                return
+                continue
             bucket.take(length, now)
             self.stats.uploaded += length
 
-    def _schedule_serve(self, link: PeerLink, delay: float) -> None:
-        if link in self._serve_scheduled:
+    def _serve_later(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven by hand, without a loop: the caller calls again
             return
-        self._serve_scheduled.add(link)
+        timer = self._serve_timer
+        when = loop.time() + delay
+        if timer is not None and not timer.cancelled() and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
 
         def again() -> None:
-            self._serve_scheduled.discard(link)
-            self.serve_uploads(link)
+            self._serve_timer = None
+            self.serve_uploads()
 
-        asyncio.get_running_loop().call_later(delay, again)
+        self._serve_timer = loop.call_at(when, again)
 
     def _on_piece(self, link: PeerLink, msg: m.Piece) -> None:
         length = len(msg.block)
@@ -544,10 +568,14 @@ class Session:
                 self._update_interest(link)
         if self.superseed is not None and self.superseed.expire(now):
             self._refresh_offers()
+        self.serve_uploads()
         self.connect_more(loop)
 
     def close_all(self) -> None:
         self.stopping = True
+        if self._serve_timer is not None:
+            self._serve_timer.cancel()
+            self._serve_timer = None
         for link in list(self.links):
             link.close()
 
