@@ -136,9 +136,12 @@ def _terminal_columns() -> int:
         columns = int(os.environ["COLUMNS"])
         if columns > 0:
             return columns
+    stdout = sys.__stdout__
+    if stdout is None:
+        return 80
     try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
-    except (AttributeError, ValueError, OSError):  # no stdout at all, or not a terminal
+        return os.get_terminal_size(stdout.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):  # not a terminal, or not a real file
         return 80
 
 

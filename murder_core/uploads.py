@@ -8,8 +8,9 @@ the requests came, with only a few links holding unsent data at a time (and litt
 it each, see ``peer.UNSENT_LOWAT``), the first copies are done in a fraction of that
 time and their new holders start relaying while the rest are still sent.
 
-Six links at a time keep the uplink busy; one or two do not: TCP paces each flow by
-the rate it saw lately, and a flow that waits its turn most of the time starts slow.
+Six links at a time keep the uplink busy; two do not (a seeder 52% busy on the bench):
+TCP paces each flow by the rate it saw lately, and a flow that mostly waits its turn
+restarts slow.
 A link whose data does not leave (a stalled or very slow peer) holds its slot only for
 ``SLOT_HOLD`` seconds, so it cannot stop the uploads to everyone else.
 
