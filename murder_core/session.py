@@ -41,8 +41,8 @@ REQUEST_UNIT = DEFAULT_MAX_BLOCK
 class SessionConfig:
     max_uploads: int = 64  # peers we serve at once
     # Links given upload data at once, oldest request first (see uploads.py). On the
-    # N = 16 bench, against every link at once: 11 of 13 alternating pairs won (one
-    # tie), by 0.1-0.4 s, and the swarm's download rate ramps up about 0.4 s sooner;
+    # N = 16 bench, against every link at once: 15 of 18 alternating pairs won (one
+    # tie), by 0.1-0.5 s, and the swarm's download rate ramps up about 0.4 s sooner;
     # four slots left the seeder 94-98% busy, two 52%.
     upload_slots: int = UPLOAD_SLOTS
     max_peers: int = 80  # connections we keep open
