@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import __version__
 from .errors import LeaseError, MurderError
@@ -130,6 +130,14 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=_terminal_columns() - 2)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help uses _Formatter; its subparsers are _Parsers too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
 def _terminal_columns() -> int:
     # What shutil.get_terminal_size() answers: $COLUMNS, else the terminal, else 80.
     with contextlib.suppress(KeyError, ValueError):
@@ -145,10 +153,9 @@ def _terminal_columns() -> int:
         return 80
 
 
-def _add_tracker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_tracker(sub: argparse._SubParsersAction[_Parser]) -> None:
     t = sub.add_parser(
         "tracker",
-        formatter_class=_Formatter,
         help="run the HTTP tracker (foreground)",
         description="Run the HTTP tracker in the foreground until SIGTERM.",
     )
@@ -175,10 +182,9 @@ def _add_tracker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     t.set_defaults(func=cmd_tracker)
 
 
-def _add_make_torrent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_make_torrent(sub: argparse._SubParsersAction[_Parser]) -> None:
     mk = sub.add_parser(
         "make-torrent",
-        formatter_class=_Formatter,
         help="hash a file or directory into a .torrent",
         description="Hash PATH into a .torrent announcing to http://HOST:PORT/announce.",
     )
@@ -223,10 +229,9 @@ def _add_make_torrent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     mk.set_defaults(func=cmd_make_torrent)
 
 
-def _add_seed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_seed(sub: argparse._SubParsersAction[_Parser]) -> None:
     s = sub.add_parser(
         "seed",
-        formatter_class=_Formatter,
         help="serve a complete payload until stopped",
         description="Serve a complete, verified payload until SIGTERM/SIGINT.",
     )
@@ -242,10 +247,9 @@ def _add_seed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(func=cmd_client, mode="seed")
 
 
-def _add_peer(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_peer(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "peer",
-        formatter_class=_Formatter,
         help="download a payload, then seed it for --linger seconds",
         description="Download into FILE.part, verify every piece, rename to FILE and "
         "exit 0; a background process keeps seeding for --linger seconds.",
@@ -288,7 +292,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     to argparse is a few ms of each one's start, so a run of one known command
     builds that command alone; its help and errors read the same.
     """
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, formatter_class=_Formatter)
+    parser = _Parser(prog=PROG, description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"murder {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

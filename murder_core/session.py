@@ -568,7 +568,6 @@ class Session:
                 self._update_interest(link)
         if self.superseed is not None and self.superseed.expire(now):
             self._refresh_offers()
-        self.serve_uploads()
         self.connect_more(loop)
 
     def close_all(self) -> None:
