@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import urllib.parse
-from dataclasses import dataclass
 from typing import Any
 
 from . import __version__, bencoding, httpget
 from .errors import BencodeError, MetainfoError, TrackerError
+from .records import record
 from .values import PeerAddr
 
 #: A tracker reply bigger than this is not a deploy tracker talking.
@@ -27,7 +27,7 @@ AUTH_TOKEN_BYTES = 16
 USER_AGENT = f"murder/{__version__}"
 
 
-@dataclass(frozen=True)
+@record
 class AnnounceReply:
     interval: int
     min_interval: int

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from . import __version__, announce
@@ -21,6 +20,7 @@ from .lease import Lease
 from .metainfo import Metainfo, read_metainfo
 from .peer import MURDER_PEER_ID_PREFIX, PeerLink
 from .progress import Progress
+from .records import record
 from .session import Session, SessionConfig
 from .storage import Storage
 from .values import PeerAddr
@@ -28,7 +28,7 @@ from .values import PeerAddr
 log = logging.getLogger("murder.client")
 
 
-@dataclass
+@record(frozen=False)
 class ClientConfig:
     mode: str  # "seed" or "peer"
     torrent: str

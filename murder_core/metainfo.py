@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -31,6 +30,7 @@ from .metainfo_make import (
     hash_pieces,
     write_atomic,
 )
+from .records import record
 from .values import InfoHash
 
 BLOCK_SIZE = 16 * 1024
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@record
 class FileEntry:
     """One file of the payload; ``offset`` is where it starts in the concatenated bytes."""
 
@@ -65,7 +65,7 @@ class FileEntry:
     executable: bool = False  # BEP 47 attr "x": set the x bits where r is set, once verified
 
 
-@dataclass(frozen=True)
+@record
 class Metainfo:
     """A validated torrent. Single-file torrents have one entry with ``path == (name,)``."""
 
@@ -73,11 +73,19 @@ class Metainfo:
     announce: str
     name: str
     piece_length: int
-    pieces: bytes = field(repr=False)  # concatenated 20-byte SHA-1s
-    files: tuple[FileEntry, ...] = field(repr=False)
+    pieces: bytes  # concatenated 20-byte SHA-1s
+    files: tuple[FileEntry, ...]
     total_length: int
     multi_file: bool
     private: bool
+
+    def __repr__(self) -> str:  # without the pieces and files, which can be megabytes
+        return (
+            f"Metainfo(info_hash={self.info_hash!r}, announce={self.announce!r}, "
+            f"name={self.name!r}, piece_length={self.piece_length}, "
+            f"total_length={self.total_length}, multi_file={self.multi_file}, "
+            f"private={self.private})"
+        )
 
     @property
     def num_pieces(self) -> int:

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import MurderError, PayloadMismatchError, StorageError
@@ -23,6 +22,7 @@ from .metainfo import Metainfo
 from .peer import PeerLink
 from .picker import PiecePicker
 from .ratelimit import TokenBucket
+from .records import record
 from .storage import Storage
 from .superseed import SuperSeeder
 from .uploads import UPLOAD_SLOTS, UploadOrder
@@ -37,7 +37,7 @@ log = logging.getLogger("murder.session")
 REQUEST_UNIT = DEFAULT_MAX_BLOCK
 
 
-@dataclass
+@record(frozen=False)
 class SessionConfig:
     max_uploads: int = 64  # peers we serve at once
     # Links given upload data at once, oldest request first (see uploads.py). On the
@@ -68,13 +68,12 @@ class SessionConfig:
     super_seed: bool = True  # a complete seeder reveals pieces a few at a time
 
 
-@dataclass
+@record(frozen=False)
 class Stats:
     uploaded: int = 0
     downloaded: int = 0
     wasted: int = 0
     hash_failures: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 class Session:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+
+from .records import record
 
 
-@dataclass(frozen=True)
+@record
 class InfoHash:
     """SHA-1 of the bencoded info dictionary: the identity of a torrent."""
 
@@ -28,7 +29,7 @@ class InfoHash:
         return self.hex
 
 
-@dataclass(frozen=True)
+@record
 class PeerId:
     """The 20-byte id a client announces and sends in its handshake."""
 
@@ -46,7 +47,7 @@ class PeerId:
         return self.raw.hex()
 
 
-@dataclass(frozen=True, order=True)
+@record(order=True)
 class PeerAddr:
     """An IPv4 or IPv6 address and TCP port of a peer."""
 

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import dataclasses
 import typing
 
 import pytest
 
+from murder_core import records
 from murder_core.errors import LocalProtocolError, MurderError
 from murder_core.wire import messages as m
 
@@ -89,8 +89,8 @@ def test_fields_the_wire_cannot_carry_raise_local_protocol_error(
     ],
 )
 def test_boundary_values_are_accepted_and_messages_are_frozen(msg: object) -> None:
-    field = dataclasses.fields(msg)[0].name  # type: ignore[arg-type]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    field = records.fields(msg)[0]
+    with pytest.raises(records.FrozenRecordError):
         setattr(msg, field, 1)
 
 

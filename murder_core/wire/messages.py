@@ -1,7 +1,7 @@
 """The peer-wire messages of BEP 3, BEP 6 (fast extension) and BEP 10, as plain values.
 
-Each message is a frozen dataclass that knows nothing about bytes (that is
-``framing``) or about connection state (that is ``connection``). Constructing a
+Each message is a frozen record (``records.record``) that knows nothing about bytes
+(that is ``framing``) or about connection state (that is ``connection``). Constructing a
 message with a field the wire cannot carry (a negative index, a 19-byte
 info_hash) raises ``LocalProtocolError`` here, so a driver bug surfaces where
 the message is built rather than deep inside ``struct``.
@@ -9,10 +9,10 @@ the message is built rather than deep inside ``struct``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Union
 
 from ..errors import LocalProtocolError
+from ..records import record
 
 #: The protocol string every BitTorrent handshake starts with (after its length byte).
 PROTOCOL = b"BitTorrent protocol"
@@ -38,7 +38,7 @@ def _check_length(owner: str, field: str, value: bytes, length: int) -> None:
         raise LocalProtocolError(f"{owner}.{field} must be {length} bytes, got {len(value)}")
 
 
-@dataclass(frozen=True)
+@record
 class Handshake:
     """The 68-byte greeting both sides send first; not length-prefixed."""
 
@@ -57,32 +57,32 @@ class Handshake:
         return bool(self.reserved[7] & FAST_BIT)
 
 
-@dataclass(frozen=True)
+@record
 class KeepAlive:
     """A zero-length message: only says the connection is alive."""
 
 
-@dataclass(frozen=True)
+@record
 class Choke:
     """The sender will not serve requests (BEP 6: pending ones get Piece or Reject)."""
 
 
-@dataclass(frozen=True)
+@record
 class Unchoke:
     """The sender will serve requests."""
 
 
-@dataclass(frozen=True)
+@record
 class Interested:
     """The sender wants pieces the receiver has."""
 
 
-@dataclass(frozen=True)
+@record
 class NotInterested:
     """The sender wants nothing the receiver has."""
 
 
-@dataclass(frozen=True)
+@record
 class Have:
     """The sender has just completed and verified piece ``index``."""
 
@@ -92,14 +92,14 @@ class Have:
         _check_u32("Have", "index", self.index)
 
 
-@dataclass(frozen=True)
+@record
 class Bitfield:
     """Which pieces the sender has, high bit of byte 0 first; only as the first message."""
 
     bits: bytes
 
 
-@dataclass(frozen=True)
+@record
 class Request:
     """Ask for ``length`` bytes of piece ``index`` starting at ``begin``."""
 
@@ -113,7 +113,7 @@ class Request:
         _check_u32("Request", "length", self.length)
 
 
-@dataclass(frozen=True)
+@record
 class Piece:
     """A block of data: ``block`` is piece ``index`` from offset ``begin``.
 
@@ -130,7 +130,7 @@ class Piece:
         _check_u32("Piece", "begin", self.begin)
 
 
-@dataclass(frozen=True)
+@record
 class Cancel:
     """Withdraw an earlier Request (endgame)."""
 
@@ -144,7 +144,7 @@ class Cancel:
         _check_u32("Cancel", "length", self.length)
 
 
-@dataclass(frozen=True)
+@record
 class Port:
     """The sender's DHT port (BEP 5); we carry it but run no DHT."""
 
@@ -155,7 +155,7 @@ class Port:
             raise LocalProtocolError(f"Port.port must be in 0..65535, got {self.port}")
 
 
-@dataclass(frozen=True)
+@record
 class SuggestPiece:
     """BEP 6: the sender suggests downloading piece ``index`` (cheap for it to serve)."""
 
@@ -165,17 +165,17 @@ class SuggestPiece:
         _check_u32("SuggestPiece", "index", self.index)
 
 
-@dataclass(frozen=True)
+@record
 class HaveAll:
     """BEP 6: the sender is a seed; replaces Bitfield as the first message."""
 
 
-@dataclass(frozen=True)
+@record
 class HaveNone:
     """BEP 6: the sender has nothing; replaces Bitfield as the first message."""
 
 
-@dataclass(frozen=True)
+@record
 class RejectRequest:
     """BEP 6: the sender will not serve this Request."""
 
@@ -189,7 +189,7 @@ class RejectRequest:
         _check_u32("RejectRequest", "length", self.length)
 
 
-@dataclass(frozen=True)
+@record
 class AllowedFast:
     """BEP 6: the receiver may request piece ``index`` even while choked."""
 
@@ -199,7 +199,7 @@ class AllowedFast:
         _check_u32("AllowedFast", "index", self.index)
 
 
-@dataclass(frozen=True)
+@record
 class Extended:
     """BEP 10 message (id 20): carried through so the driver can ignore it knowingly."""
 
