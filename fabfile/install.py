@@ -83,7 +83,7 @@ def check_python(
     result = conns.run(
         host,
         f"command -v {sh(settings.python)} >/dev/null || exit 127; "
-        f"{sh(settings.python, '-c', _PROBE, *args)}",
+        f"{sh(*settings.python_argv, '-c', _PROBE, *args)}",
         check=False,
     )
     if result.exited == 127:
@@ -139,7 +139,7 @@ def install_on(
         conns.put(host, str(path), f"{target}/{path.name}", mode=mode)
     # The bytes that landed, not a test run: the remote python was checked already, and
     # importing the engine costs a host ten times what hashing 150 KiB does.
-    landed = conns.run(host, sh(settings.python, "-c", _SHA256, settings.pyz_remote))
+    landed = conns.run(host, sh(*settings.python_argv, "-c", _SHA256, settings.pyz_remote))
     if landed.stdout.strip() != sha256_file(files[0]):
         raise HostError(host, f"{settings.pyz_remote} does not match murder.pyz after upload")
     return "installed"

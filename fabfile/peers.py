@@ -69,7 +69,7 @@ def upload_torrents(
 def peer_script(settings: Settings, ip: str) -> str:
     """``exec`` keeps our pid, so the fg pidfile names the engine's parent process."""
     argv = [
-        settings.python,
+        *settings.python_argv,
         settings.pyz_remote,
         "peer",
         settings.torrent,

@@ -22,7 +22,7 @@ def helper_source() -> str:
 
 
 def helper_command(settings: Settings, *args: str) -> str:
-    return sh(settings.python, "-c", helper_source(), *args)
+    return sh(*settings.python_argv, "-c", helper_source(), *args)
 
 
 def payload_name(settings: Settings, source: Optional[str]) -> str:

@@ -15,7 +15,7 @@ def seed_argv(
     whole payload again before it starts. ``fab murder.start_seeding`` may come long
     after ``create_torrent``, so it checks everything first."""
     return [
-        settings.python,
+        *settings.python_argv,
         settings.pyz_remote,
         "seed",
         settings.torrent,

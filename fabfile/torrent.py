@@ -157,7 +157,7 @@ def make_torrent_argv(settings: Settings, tracker: str) -> list[str]:
     # A tree's symlinks travel in the manifest; .git* stays out of both, as from the tarball.
     tree = [f"--exclude={glob}" for glob in EXCLUDE] + ["--skip-symlinks"] if settings.tree else []
     return [
-        *(settings.python, settings.pyz_remote, "make-torrent", settings.seed_source),
+        *(*settings.python_argv, settings.pyz_remote, "make-torrent", settings.seed_source),
         *("--tracker", tracker, "--auth", "--mode", "600", "-o", settings.torrent, *tree),
     ]
 

@@ -14,7 +14,7 @@ def tracker_argv(settings: Settings, bind_ip: str, *, leased: bool = False) -> l
     ``settings.lease_file``; ``fab murder.start_tracker`` runs until stopped, as Murder's."""
     t = settings.temp_path
     return [
-        settings.python,
+        *settings.python_argv,
         settings.pyz_remote,
         "tracker",
         "--port",

@@ -25,7 +25,13 @@ from typing import Any, Optional, Sequence
 
 from murder_core.errors import ClusterError, MurderError
 from murder_dev import cluster, netns, sshd
-from murder_dev.bench_hosts import HOST_PYTHON, holder_pid, host_path, sha256_on_hosts
+from murder_dev.bench_hosts import (
+    ENGINE_PYTHON,
+    HOST_PYTHON,
+    holder_pid,
+    host_path,
+    sha256_on_hosts,
+)
 from murder_dev.bench_methods import (
     ALLOWED_DIR,
     ARIA2_DONE,
@@ -158,7 +164,8 @@ def _prepare_seeder(info: cluster.ClusterInfo, pyz: Path, size: int, peers: Sequ
         raise ClusterError(f"cannot hash the payload on h1: {digest}")
     tracker = f"{info.host('h1').ip}:{TRACKER_PORT}"
     _run_on_h1(
-        info, [HOST_PYTHON, str(pyz), "make-torrent", SOURCE, "--tracker", tracker, "-o", TORRENT]
+        info,
+        [*ENGINE_PYTHON, str(pyz), "make-torrent", SOURCE, "--tracker", tracker, "-o", TORRENT],
     )
     torrent = host_path(info, "h1", TORRENT).read_bytes()
     allowed = host_path(info, "h1", ALLOWED_DIR)

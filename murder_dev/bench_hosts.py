@@ -23,6 +23,8 @@ from murder_dev.cluster import ClusterInfo
 
 #: The python3 a host's sshd would find on its default PATH, as `fab deploy` uses it.
 HOST_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or "python3"
+#: How `fab deploy` starts the engine there (fabfile.settings.Settings.python_argv).
+ENGINE_PYTHON = (HOST_PYTHON, "-S")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from murder_core.errors import ClusterError
 from murder_dev.bench_hosts import (
-    HOST_PYTHON,
+    ENGINE_PYTHON,
     Procs,
     Sample,
     Sampler,
@@ -191,7 +191,7 @@ def _start_tracker(r: Round, procs: Procs, name: str) -> str:
         r.seeder,
         name,
         [
-            *(HOST_PYTHON, str(r.pyz), "tracker", "--port", str(TRACKER_PORT), "--bind", ip),
+            *(*ENGINE_PYTHON, str(r.pyz), "tracker", "--port", str(TRACKER_PORT), "--bind", ip),
             *("--dfile", state, "--allowed-dir", ALLOWED_DIR, "--interval", "2"),
         ],
     )
@@ -363,7 +363,7 @@ def _murder(r: Round, run: MethodRun, procs: Procs) -> None:
         r.seeder,
         "seeder",
         [
-            *(HOST_PYTHON, str(r.seedhook), str(r.pyz), SEED_EVENTS, "seed", TORRENT, SOURCE),
+            *(*ENGINE_PYTHON, str(r.seedhook), str(r.pyz), SEED_EVENTS, "seed", TORRENT, SOURCE),
             *("--ip", ip, "--bind", ip, "--minport", PORTS[0], "--maxport", PORTS[1], "--quiet"),
         ],
     )
@@ -373,7 +373,7 @@ def _murder(r: Round, run: MethodRun, procs: Procs) -> None:
     def peer_argv(peer: str) -> list[str]:
         ip = r.ip(peer)
         return [
-            *(HOST_PYTHON, str(r.pyz), "peer", TORRENT, TARGET, "--ip", ip, "--bind", ip),
+            *(*ENGINE_PYTHON, str(r.pyz), "peer", TORRENT, TARGET, "--ip", ip, "--bind", ip),
             *("--minport", PORTS[0], "--maxport", PORTS[1], "--foreground", "--linger", "1800"),
             *("--timeout", timeout, "--quiet"),
         ]

@@ -346,7 +346,8 @@ def test_preflight_probe_answers_all_three_in_one_python_start(
         target.mkdir()
     elif release == "link":
         target.symlink_to(tmp_path / "gone")
-    argv = [sys.executable, "-c", _PROBE, str(pyz_path)] + ([str(target)] if release else [])
+    argv = [sys.executable, "-S", "-c", _PROBE, str(pyz_path)]  # -S: as fab runs it
+    argv += [str(target)] if release else []
     out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     expected = [".".join(map(str, sys.version_info[:3]))]
@@ -354,6 +355,27 @@ def test_preflight_probe_answers_all_three_in_one_python_start(
     if release is not None:
         expected.append(str(release != "absent"))
     assert out.stdout.split() == expected
+
+
+def test_every_remote_python_starts_without_site_packages() -> None:
+    """``-S`` on every python fab starts on a host (see Settings.python_argv)."""
+    from fabfile.peers import peer_script
+    from fabfile.release import helper_command
+    from fabfile.seed import seed_argv
+    from fabfile.torrent import make_torrent_argv
+    from fabfile.tracker import tracker_argv
+
+    settings = Settings(tag="v1", python="/opt/py/bin/python3")
+    commands = {
+        "tracker": " ".join(tracker_argv(settings, "10.0.0.1")),
+        "seed": " ".join(seed_argv(settings, "10.0.0.1")),
+        "make-torrent": " ".join(make_torrent_argv(settings, "10.0.0.1:6969")),
+        "peer": peer_script(settings, "10.0.0.2"),
+        "release helper": helper_command(settings, "prune"),
+    }
+    for name, command in commands.items():
+        assert "/opt/py/bin/python3 -S " in command, (name, command[:200])
+        assert command.count("/opt/py/bin/python3") == 1, name
 
 
 @pytest.mark.parametrize(("files", "refused"), [(5, False), (1000, False), (1001, True)])
