@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, TypeVar
 
 from fabric import Config, Connection  # type: ignore[import-untyped]
+from fabric.runners import Remote  # type: ignore[import-untyped]
 from invoke.exceptions import CommandTimedOut
 from paramiko import RejectPolicy
 from paramiko.ssh_exception import NoValidConnectionsError, SSHException
@@ -93,6 +94,23 @@ def _expand_known_hosts(value: str, user: str, host: str) -> List[str]:
     return paths
 
 
+class EventRemote(Remote):  # type: ignore[misc]
+    """Fabric's runner, woken when the command ends instead of polling for it.
+
+    Invoke's ``Runner.wait`` looks every 10 ms: with a download running on each of 16
+    hosts, the deploying process woke 1,600 times a second and spent about a tenth of
+    a core doing it, on the bench's machine the same cores the swarm runs on. The
+    channel sets ``status_event`` when the exit status arrives or it closes (a timeout
+    closes it too); the reader threads, the other way ``wait`` ends, are looked at
+    every ``THREADS_EVERY`` seconds."""
+
+    THREADS_EVERY = 0.1
+
+    def wait(self) -> None:
+        while not (self.process_is_finished or self.has_dead_threads):
+            self.channel.status_event.wait(self.THREADS_EVERY)
+
+
 def make_connection(host: Host, config: Config, connect_timeout: int) -> Connection:
     """A fabric Connection for ``host`` that honours ssh_config and known_hosts strictly.
 
@@ -110,6 +128,7 @@ def make_connection(host: Host, config: Config, connect_timeout: int) -> Connect
         connect_timeout=connect_timeout,
         connect_kwargs=kwargs or None,
     )
+    conn.config.runners.remote = EventRemote
     if host.address:
         conn.host = host.address
     ssh_conf = conn.ssh_config

@@ -94,6 +94,37 @@ def test_ssh_reaches_every_host_as_itself(info: cluster.ClusterInfo) -> None:
         assert f"inet {h.ip}/24" in addr
 
 
+def test_fab_sees_a_command_end_without_polling_for_it(info: cluster.ClusterInfo) -> None:
+    """EventRemote wakes on the channel's exit status: with the poll for dead reader
+    threads set to 30 s, a 0.3 s command still returns at once, having asked whether
+    it had finished a handful of times (invoke's own runner asks every 10 ms)."""
+    from fabfile.deploy import make_config
+    from fabfile.inventory import load_inventory
+    from fabfile.remote import Connections, EventRemote
+
+    asked: list[float] = []
+
+    class Counting(EventRemote):  # type: ignore[misc]
+        THREADS_EVERY = 30.0
+
+        @property
+        def process_is_finished(self) -> bool:
+            asked.append(time.monotonic())
+            return bool(super().process_is_finished)
+
+    conns = Connections(load_inventory(str(info.inventory)), make_config(info.ssh_config))
+    try:
+        conns.connection("h2").config.runners.remote = Counting
+        begun = time.monotonic()
+        result = conns.run("h2", "sleep 0.3; echo done", timeout=20)
+        took = time.monotonic() - begun
+    finally:
+        conns.close()
+    assert (result.exited, result.stdout.strip()) == (0, "done")
+    assert took < 15, f"the end of the command was only seen by the {took:.1f} s poll"
+    assert 1 <= len(asked) <= 5, len(asked)
+
+
 def test_cluster_json_and_written_files(info: cluster.ClusterInfo, workdir: Path) -> None:
     assert cluster.load(workdir) == info
     assert cluster.ClusterInfo.from_json(info.to_json()) == info
