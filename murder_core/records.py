@@ -2,7 +2,7 @@
 
 ``@dataclass`` writes and compiles six methods for every class it decorates. A peer
 imports 27 such classes: measured with valgrind, each cost about 2.5 M instructions,
-about a quarter of the ~310 M a peer runs before its first announce. One host pays
+a fifth of the ~317 M a peer's imports and command line took. One host pays
 that once, but the bench's 16 hosts share two cores and a fleet's hosts are often
 busy, so start-up is on every deploy's clock. ``@record`` compiles only ``__init__``;
 equality, hashing, ordering and ``repr`` are shared functions that read the fields.
@@ -11,10 +11,11 @@ What it keeps from ``@dataclass``: fields are the class's own annotations, in or
 a plain class attribute is that field's default; ``__post_init__`` runs after
 ``__init__``; frozen (the default) means assigning or deleting an attribute raises
 ``FrozenRecordError``; instances of the same class compare and hash by their fields;
-``order=True`` adds ``<`` ``<=`` ``>`` ``>=``. A method the class defines itself (say a
-``__repr__`` that hides a large field) is kept. Not supported, and refused where it
-would silently differ: inheriting fields, ``field()`` (a default that is a list, dict
-or set is refused, as dataclass refuses it).
+``order=True`` adds ``<`` ``<=`` ``>`` ``>=``; a ``ClassVar`` annotation is not a field. A
+method the class defines itself (say a ``__repr__`` that hides a large field) is kept.
+Not supported, and refused where it would silently differ: inheriting fields,
+``field()`` (a default that is a list, dict or set is refused, as dataclass refuses it),
+a field named ``self``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,13 @@ def _build(cls: type, frozen: bool, order: bool) -> type:
     own = cls.__dict__
     if any(hasattr(base, FIELDS) for base in cls.__mro__[1:]):
         raise TypeError(f"{cls.__name__}: a record cannot inherit fields")
-    names = tuple(own.get("__annotations__", {}))
+    names = tuple(
+        name
+        for name, kind in own.get("__annotations__", {}).items()
+        if not str(kind).startswith(("ClassVar", "typing.ClassVar"))
+    )
+    if "self" in names:
+        raise TypeError(f"{cls.__name__}: a field cannot be named self")
     defaults = {n: own[n] for n in names if n in own}
     for name, value in defaults.items():
         if isinstance(value, (list, dict, set)):
@@ -102,20 +109,22 @@ def _make_init(
     for name in names:
         if name in defaults:
             seen_default = True
-            params.append(f"{name}=_d_{name}")
+            params.append(f"{name}=__default_{name}")
         elif seen_default:
             raise TypeError(f"{cls.__name__}.{name}: a field without a default follows one with")
         else:
             params.append(name)
-    assign = "_set(self, {0!r}, {0})" if frozen else "self.{0} = {0}"
+    # Globals of the generated function have dunder names no field can take (a
+    # field's name is an __init__ parameter and would shadow them).
+    assign = "__setattr(self, {0!r}, {0})" if frozen else "self.{0} = {0}"
     body = [assign.format(name) for name in names]
     if hasattr(cls, "__post_init__"):
         body.append("self.__post_init__()")
     source = "def __init__({}):\n    {}\n".format(
         ", ".join(["self", *params]), "\n    ".join(body or ["pass"])
     )
-    scope: dict[str, Any] = {"_set": object.__setattr__}
-    scope.update((f"_d_{name}", value) for name, value in defaults.items())
+    scope: dict[str, Any] = {"__setattr": object.__setattr__}
+    scope.update((f"__default_{name}", value) for name, value in defaults.items())
     exec(source, scope)  # built from field names, which the class body made identifiers
     init: Callable[..., None] = scope["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -137,6 +137,21 @@ def test_definitions_that_would_silently_differ_from_dataclass_are_refused(
     scope: dict[str, Any] = {"record": record}
     with pytest.raises(TypeError, match=error):
         exec(f"@record\nclass Bad:\n    {body}\n", scope)
+
+
+def test_classvars_are_not_fields_and_any_field_name_but_self_works() -> None:
+    @record
+    class Odd:
+        KIND: ClassVar[str] = "odd"
+        _set: int
+        __setattr: int  # mangled to _Odd__setattr, as any field of that shape
+        default_x: int = 1
+
+    odd = Odd(1, 2)
+    assert records.fields(Odd) == ("_set", "_Odd__setattr", "default_x")
+    assert (odd._set, odd._Odd__setattr, odd.default_x, Odd.KIND) == (1, 2, 1, "odd")
+    with pytest.raises(TypeError, match="a field cannot be named self"):
+        exec("@record\nclass Bad:\n    self: int\n", {"record": record})
 
 
 def test_inheriting_fields_is_refused() -> None:
