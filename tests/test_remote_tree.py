@@ -91,6 +91,30 @@ def test_manifest_then_install_rebuilds_the_tree(tmp_path: Path) -> None:
     assert stat.S_IMODE((dest / "releases" / "T").stat().st_mode) == 0o755
 
 
+def test_a_tree_install_imports_no_tarfile_shutil_or_fnmatch(tmp_path: Path) -> None:
+    """Sixteen hosts run this at once at the end of a deploy: a tree install needs none
+    of the three, so the helper imports them only where they are used."""
+    src = release_tree(tmp_path / "src")
+    manifest = tmp_path / "T.tree.json"
+    assert helper("manifest", str(src), str(manifest), ".git*").returncode == 0
+    dest = tmp_path / "app"
+    (dest / "releases").mkdir(parents=True)
+    fake_download(src, manifest, dest / "releases" / ".T.incoming")
+    args = [str(dest / "releases" / ".T.incoming"), str(dest), "T", "tree", str(manifest)]
+    run = subprocess.run(
+        [sys.executable, "-S", "-X", "importtime", "-c", helper_source(), "install", *args]
+        + ["0", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert os.readlink(dest / "current") == "releases/T"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()}
+    assert "json" in imported  # the listing is the real one
+    assert not {"tarfile", "shutil", "fnmatch", "typing"} & imported
+
+
 def test_tree_copy_installs_the_seeders_own_tree(tmp_path: Path) -> None:
     src = release_tree(tmp_path / "src")
     manifest = tmp_path / "T.tree.json"
