@@ -100,10 +100,10 @@ def test_a_tree_install_imports_no_tarfile_shutil_or_fnmatch(tmp_path: Path) -> 
     dest = tmp_path / "app"
     (dest / "releases").mkdir(parents=True)
     fake_download(src, manifest, dest / "releases" / ".T.incoming")
-    args = [str(dest / "releases" / ".T.incoming"), str(dest), "T", "tree", str(manifest)]
+    incoming = str(dest / "releases" / ".T.incoming")
+    args = ["install", incoming, str(dest), "T", "tree", str(manifest), "0", "5"]
     run = subprocess.run(
-        [sys.executable, "-S", "-X", "importtime", "-c", helper_source(), "install", *args]
-        + ["0", "5"],
+        [sys.executable, "-S", "-X", "importtime", "-c", helper_source(), *args],
         capture_output=True,
         text=True,
         timeout=60,
