@@ -349,6 +349,9 @@ def _progress(run: MethodRun, bound: float) -> None:
     if run.ok and run.seconds is not None:
         ratio = run.seconds / bound
         what = f"{run.seconds:.1f} s ({ratio:.2f} x T_min), sha256 ok on {len(run.sha256)}"
+        stolen = run.metrics.get("machine_cpu_steal_pct")
+        if stolen is not None:
+            what += f", CPU stolen {stolen:.1f}%"
     else:
         what = f"FAILED: {(run.error or '')[:300]}"
     print(f"bench: N={run.n} run {run.rep + 1} {LABELS[run.method]}: {what}", flush=True)

@@ -122,12 +122,24 @@ def peak_rss_kib(pid: int) -> Optional[int]:
     return None
 
 
-def _machine_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine since boot."""
-    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
-    total = sum(parts[:8])
-    return total - idle, total
+def cpu_jiffies(stat: str) -> tuple[int, int, int]:
+    """(busy, stolen, total) jiffies from the text of /proc/stat, summed over all CPUs.
+
+    Busy counts steal, as it always has here: the machine was not idle. Steal is apart
+    too because on a shared VM it is time the hypervisor gave our vCPUs to someone
+    else, and in a CPU-bound run it shows up as seconds that no code of ours spent.
+    """
+    fields = stat.split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError(f"not /proc/stat: {stat[:80]!r}")
+    # user nice system idle iowait irq softirq steal; older kernels print fewer.
+    parts = ([int(x) for x in fields[1:9]] + [0] * 8)[:8]
+    total = sum(parts)
+    return total - parts[3] - parts[4], parts[7], total
+
+
+def _machine_cpu() -> tuple[int, int, int]:
+    return cpu_jiffies(Path("/proc/stat").read_text())
 
 
 @dataclass
@@ -137,6 +149,7 @@ class Sample:
     down: dict[str, int]  # host -> bytes the host has received
     cpu_busy: int
     cpu_total: int
+    cpu_steal: int = 0
 
 
 class Sampler(threading.Thread):
@@ -160,8 +173,8 @@ class Sampler(threading.Thread):
             stats = Path("/sys/class/net", veth, "statistics")
             up[host] = int((stats / "rx_bytes").read_text())
             down[host] = int((stats / "tx_bytes").read_text())
-        busy, total = _machine_cpu()
-        return Sample(time.monotonic(), up, down, busy, total)
+        busy, steal, total = _machine_cpu()
+        return Sample(time.monotonic(), up, down, busy, total, steal)
 
     def run(self) -> None:
         self.samples.append(self.sample())

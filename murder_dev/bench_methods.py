@@ -35,7 +35,7 @@ from murder_dev.bench_hosts import (
     sha256_on_hosts,
     wait_until_all,
 )
-from murder_dev.bench_seeder import seeder_metrics, series
+from murder_dev.bench_seeder import seeder_metrics, series, share
 from murder_dev.cluster import ClusterInfo
 
 BENCH_DIR = "/srv/murder/bench"
@@ -147,12 +147,11 @@ def _finish(
     elif done:
         run.seconds = round(max(done.values()) - t0, 3)
     run.series = series(samples, t0, r.seeder, r.peers)
-    busy = [s.cpu_busy for s in samples]
-    total = [s.cpu_total for s in samples]
-    if len(samples) > 1 and total[-1] > total[0]:
-        run.metrics["machine_cpu_busy_pct"] = round(
-            100 * (busy[-1] - busy[0]) / (total[-1] - total[0]), 1
-        )
+    if len(samples) > 1 and samples[-1].cpu_total > samples[0].cpu_total:
+        first, last = samples[0], samples[-1]
+        jiffies = last.cpu_total - first.cpu_total
+        run.metrics["machine_cpu_busy_pct"] = share(last.cpu_busy - first.cpu_busy, jiffies)
+        run.metrics["machine_cpu_steal_pct"] = share(last.cpu_steal - first.cpu_steal, jiffies)
     run.metrics["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     run.sha256 = sha256_on_hosts(r.info, copies)
 

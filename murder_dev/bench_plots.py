@@ -95,13 +95,31 @@ def plot_uplink(runs: Sequence[MethodRun], rate_mbit: float, path: Path) -> Path
             ax.axvline(run.seconds, color="k", linestyle=":", label="last peer verified")
         cpu = ax.twinx()
         cpu.plot(s["t"], s["machine_cpu_pct"], color="0.6", linewidth=0.8, label="machine CPU %")
+        if s.get("machine_cpu_steal_pct"):
+            cpu.plot(
+                s["t"],
+                s["machine_cpu_steal_pct"],
+                color="tab:purple",
+                linewidth=0.8,
+                linestyle="--",
+                label="of which stolen by the hypervisor",
+            )
         cpu.set_ylim(0, 105)
         cpu.set_ylabel("machine CPU %", color="0.4")
         ax.set_ylim(0, rate_mbit * 1.15)
         ax.set_ylabel("Mbit/s")
         ax.set_xlabel("seconds after the first transfer process started")
         ax.set_title(f"{LABELS[run.method]} (N={run.n})", fontsize=10)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=7, ncol=4)
+        lines, labels = ax.get_legend_handles_labels()
+        more_lines, more_labels = cpu.get_legend_handles_labels()
+        ax.legend(
+            lines + more_lines,
+            labels + more_labels,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.22),
+            fontsize=7,
+            ncol=4,
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

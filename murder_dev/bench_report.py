@@ -34,6 +34,11 @@ def summarise(
                 continue
             good = [r.seconds for r in mine if r.ok and r.seconds is not None]
             seconds: Optional[float] = statistics.median(good) if good else None
+            stolen = [
+                r.metrics["machine_cpu_steal_pct"]
+                for r in mine
+                if r.metrics.get("machine_cpu_steal_pct") is not None
+            ]
             bound = bounds[n]
             rows.append(
                 {
@@ -49,6 +54,7 @@ def summarise(
                     if seconds is None
                     else round(seconds / bound["goodput"], 2),
                     "mb_per_s_per_peer": None if not seconds else round(size / 1e6 / seconds, 2),
+                    "cpu_stolen_pct": round(statistics.median(stolen), 1) if stolen else None,
                     "errors": [r.error for r in mine if r.error],
                 }
             )
@@ -61,7 +67,15 @@ def _cell(value: Optional[float], digits: int) -> str:
 
 def table(rows: Sequence[dict[str, Any]], n: int, bound: dict[str, float]) -> str:
     """Fixed-width text for one N; ratios are to T_min at the nominal rate."""
-    head = ("method", "seconds", "x T_min", "x T_min@goodput", "MB/s per peer", "verified")
+    head = (
+        "method",
+        "seconds",
+        "x T_min",
+        "x T_min@goodput",
+        "MB/s per peer",
+        "CPU stolen %",
+        "verified",
+    )
     body = [
         (
             row["label"],
@@ -69,6 +83,7 @@ def table(rows: Sequence[dict[str, Any]], n: int, bound: dict[str, float]) -> st
             _cell(row["ratio"], 2),
             _cell(row["ratio_goodput"], 2),
             _cell(row["mb_per_s_per_peer"], 2),
+            "-" if row.get("cpu_stolen_pct") is None else f"{row['cpu_stolen_pct']:.1f}",
             f"{row['verified_runs']}/{row['runs']}",
         )
         for row in rows
@@ -77,7 +92,8 @@ def table(rows: Sequence[dict[str, Any]], n: int, bound: dict[str, float]) -> st
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     lines = [
         f"N = {n} peers: T_min = {bound['nominal']:.2f} s at the nominal rate, "
-        f"{bound['goodput']:.2f} s at the measured goodput"
+        f"{bound['goodput']:.2f} s at the measured goodput; CPU stolen: the share of the "
+        "machine's CPU time the hypervisor gave to others during the run (steal in /proc/stat)"
     ]
     for row_cells in [head, *body]:
         lines.append(

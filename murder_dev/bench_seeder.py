@@ -15,13 +15,15 @@ from murder_dev.bench_hosts import Sample
 def series(
     samples: Sequence[Sample], t0: float, seeder: str, peers: Sequence[str]
 ) -> dict[str, list[float]]:
-    """Per sampling interval: seeder uplink, mean peer up/downlink (Mbit/s), machine CPU %."""
+    """Per sampling interval: seeder uplink, mean peer up/downlink (Mbit/s), machine CPU %
+    (busy, and of that what the hypervisor stole)."""
     out: dict[str, list[float]] = {
         "t": [],
         "seeder_up_mbit": [],
         "peer_up_mbit_mean": [],
         "peer_down_mbit_mean": [],
         "machine_cpu_pct": [],
+        "machine_cpu_steal_pct": [],
     }
     count = max(1, len(peers))
     for a, b in zip(samples, samples[1:]):
@@ -41,10 +43,14 @@ def series(
             mbit(sum(a.down[p] for p in peers), sum(b.down[p] for p in peers)) / count
         )
         jiffies = b.cpu_total - a.cpu_total
-        out["machine_cpu_pct"].append(
-            round(100 * (b.cpu_busy - a.cpu_busy) / jiffies, 1) if jiffies else 0.0
-        )
+        out["machine_cpu_pct"].append(share(b.cpu_busy - a.cpu_busy, jiffies))
+        out["machine_cpu_steal_pct"].append(share(b.cpu_steal - a.cpu_steal, jiffies))
     return out
+
+
+def share(part: int, whole: int) -> float:
+    """``part`` as a percentage of ``whole``, one decimal; 0 when nothing was counted."""
+    return round(100 * part / whole, 1) if whole > 0 else 0.0
 
 
 def counter_at(points: Sequence[tuple[float, int]], t: float) -> float:

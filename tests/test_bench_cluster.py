@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from conftest import need, need_program, need_root
 
-from murder_dev.bench_report import t_min
-from murder_dev.bench_seeder import counter_at, first_round
+from murder_dev.bench_hosts import Sample, cpu_jiffies
+from murder_dev.bench_methods import MethodRun
+from murder_dev.bench_report import summarise, t_min, table
+from murder_dev.bench_seeder import counter_at, first_round, series
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("h2", "h3", "h4")
@@ -121,3 +123,33 @@ def test_counter_at_interpolates_between_samples() -> None:
     assert counter_at(points, 0.5) == 50
     assert counter_at(points, 2.0) == 100
     assert counter_at(points, 9.0) == 100
+
+
+def test_cpu_jiffies_counts_steal_as_busy_and_apart() -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat = "cpu  600 10 90 250 50 0 60 140 7 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1\n"
+    assert cpu_jiffies(stat) == (900, 140, 1200)
+    # a kernel without the steal column
+    assert cpu_jiffies("cpu 10 0 5 80 5 0 0\n") == (15, 0, 100)
+    with pytest.raises(ValueError, match="not /proc/stat"):
+        cpu_jiffies("intr 1 2 3\n")
+
+
+def _sample(t: float, busy: int, steal: int, total: int) -> Sample:
+    return Sample(t, {"s": 0, "p": 0}, {"s": 0, "p": 0}, busy, total, steal)
+
+
+def test_series_and_summary_report_the_stolen_share() -> None:
+    samples = [_sample(0.0, 0, 0, 0), _sample(1.0, 150, 50, 200), _sample(2.0, 250, 50, 400)]
+    s = series(samples, 0.0, "s", ["p"])
+    assert s["machine_cpu_pct"] == [75.0, 50.0]
+    assert s["machine_cpu_steal_pct"] == [25.0, 0.0]
+
+    runs = [MethodRun("murder", 4, rep, ok=True, seconds=10.0 + rep) for rep in range(3)]
+    for run, stolen in zip(runs, (30.0, 2.0, 5.5)):
+        run.metrics["machine_cpu_steal_pct"] = stolen
+    rows = summarise(runs, {4: {"nominal": 10.0, "goodput": 10.0, "size": 1}}, 10**8)
+    assert rows[0]["cpu_stolen_pct"] == 5.5
+    text = table(rows, 4, {"nominal": 10.0, "goodput": 10.0, "size": 1})
+    assert "CPU stolen %" in text.splitlines()[1]
+    assert text.splitlines()[2].split()[-2] == "5.5"
