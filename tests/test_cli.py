@@ -288,3 +288,70 @@ def test_peer_returns_when_verified_and_lingers_in_the_background(tmp_path: Path
         while pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not pidfile.exists(), "the lingering seeder did not stop on SIGTERM"
+
+
+def test_a_peer_started_before_its_torrent_waits_for_it_then_downloads(tmp_path: Path) -> None:
+    payload = make_payload(tmp_path / "app.bin", 1024 * 1024)
+    late = tmp_path / "late" / "app.torrent"
+    late.parent.mkdir()
+    target = tmp_path / "dl" / "app.bin"
+    pidfile = tmp_path / "peer.pid"
+    with LocalSwarm(tmp_path / "run", payload) as sw:
+        sw.start_tracker()
+        sw.make_torrent()
+        sw.start_seeder()
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "murder_core", "peer", str(late), str(target)),
+                *("--ip", "127.0.0.1", "--bind", "127.0.0.1", "--foreground", "--quiet"),
+                *("--minport", "43000", "--maxport", "43999", "--pidfile", str(pidfile)),
+                *("--wait-torrent", "60", "--timeout", "60", "--linger", "0"),
+            ],
+            env=ENV,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not pidfile.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert pidfile.exists(), "the waiting peer never wrote its pidfile"
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert not target.parent.exists()  # nothing written before the torrent
+            # Moved into place whole, as fab's upload does.
+            part = late.with_suffix(".part")
+            part.write_bytes(sw.torrent.read_bytes())
+            part.rename(late)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        assert proc.returncode == 0, err
+        assert sha256(target) == sha256(payload)
+        assert not pidfile.exists()
+
+
+def test_a_torrent_that_never_comes_is_exit_3_after_the_wait(tmp_path: Path) -> None:
+    pidfile = tmp_path / "peer.pid"
+    start = time.monotonic()
+    out = murder(
+        "peer",
+        str(tmp_path / "never.torrent"),
+        str(tmp_path / "dl" / "x"),
+        "--foreground",
+        "--wait-torrent",
+        "0.5",
+        "--pidfile",
+        str(pidfile),
+    )
+    assert out.returncode == 3, out.stderr
+    assert "never.torrent: no torrent appeared within 0.5 s (--wait-torrent)" in out.stderr
+    assert time.monotonic() - start < 30
+    assert not pidfile.exists() and not (tmp_path / "dl").exists()
+    # --timeout bounds the wait too.
+    out = murder("peer", "t", "f", "--foreground", "--wait-torrent", "60", "--timeout", "0.5")
+    assert out.returncode == 3 and "no torrent appeared within 0.5 s" in out.stderr
+    bad = murder("peer", "t", "f", "--wait-torrent", "-1")
+    assert bad.returncode != 0 and "--wait-torrent must be 0 or more" in bad.stderr
