@@ -24,7 +24,7 @@ from invoke.tasks import task
 from fabfile.install import check_python, distribute_files
 from fabfile.inventory import load_inventory
 from fabfile.lease import LeaseKeeper
-from fabfile.peers import EarlyDownloads, stop_peering, stop_stragglers, upload_torrents
+from fabfile.peers import download, upload_torrents
 from fabfile.progress import SwarmProgress, fetch_direct, fetch_over_ssh
 from fabfile.release import install_release, payload_name, rollback_all
 from fabfile.remote import Connections, HostError, Outcome
@@ -129,12 +129,7 @@ def run_deploy(
     finally:
         aside.stop()  # before teardown, which removes the lease file a late touch would recreate
         done = aside.early.close(TEARDOWN_TIMEOUT) if aside.early is not None else set()
-        if aside.downloads is not None:
-            aside.downloads.stop_starting()
         report.teardown_problems = teardown(conns, settings, peers, skip=done)
-        if aside.downloads is not None:
-            for host in stop_stragglers(conns, settings, aside.downloads, TEARDOWN_TIMEOUT):
-                report.teardown_problems.append(f"{host}: murder peer did not stop")
         _mark(report, started, "teardown")
         conns.close()
         report.ssh_connections = conns.opens
@@ -151,7 +146,6 @@ class _Aside:
     lease: LeaseKeeper
     bars: list[SwarmProgress] = field(default_factory=list)
     early: Optional[EarlyTeardown] = None
-    downloads: Optional[EarlyDownloads] = None  # stopped by teardown, then joined
     # The early teardown's thread and the deploy's ``finally`` may both stop them.
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -184,13 +178,9 @@ def _preflight(
     peers = {h.name for h in inv.peers}
     having: list[str] = []  # peers that already hold this release
 
-    # A peer starts before its .torrent exists and takes the first one it sees: one
-    # left by an interrupted deploy of this tag must be gone before then.
-    stale = [settings.torrent, settings.manifest]
-
     def probe(host: str) -> str:
         release = settings.release_dir if host in peers and not settings.force else None
-        found = check_python(conns, host, settings, release, stale if host in peers else ())
+        found = check_python(conns, host, settings, release)
         pyz_hashes[host] = found.pyz_sha256
         if found.release_exists:
             having.append(host)
@@ -265,37 +255,27 @@ def _deploy(
             make_payload(conns, settings)
             path_is_file, source = settings.path_is_file, settings.files_path
         _mark(report, started, "payload")
-        # The peers start now and wait for their .torrent (see EarlyDownloads). Not
-        # before the payload: staging from the workstation can take any time.
-        # peer_timeout bounds a peer's wait for the torrent and its download together.
-        aside.downloads = EarlyDownloads(conns, settings, list(live), settings.peer_timeout)
         info_hash = make_torrent(conns, settings)
         tracker = tracker_started.result()
     print(f"tracker on {inv.tracker.name} ({tracker})", file=out)
     local_torrent = download_torrent(conns, settings)
     meta = read_metainfo(local_torrent)
     report.info_hash, report.payload_bytes = info_hash, meta.total_length
-    # Before any peer has the torrent: a peer announces the moment its copy lands, and
-    # a tracker that does not know the torrent yet would send it into a retry backoff.
-    publish_torrent(conns, settings, local_torrent)
-    _mark(report, started, "torrent")
 
     def hand_out() -> Dict[str, Outcome[None]]:
         manifest = download_manifest(conns, settings) if settings.tree else None
         return upload_torrents(conns, settings, local_torrent, list(live), manifest)
 
-    # The peers get their copy while the seeder starts; one that announces first is
-    # dialled by the seeder when it announces.
+    # The peers get their copy while the seeder starts: no peer starts before both.
     with ThreadPoolExecutor(max_workers=1) as pool:
         handed_out = pool.submit(hand_out)
+        publish_torrent(conns, settings, local_torrent)  # before the seeder announces it
+        _mark(report, started, "torrent")
         # make_torrent hashed the payload just now, so each piece is checked as it first
         # leaves; and the seeder, like the tracker, stops itself if the lease lapses.
         start_seeding(conns, settings, lazy_check=True, leased=True)
         _mark(report, started, "seeding")
-        not_handed = {h: o for h, o in handed_out.result().items() if not o.ok}
-        drop_failed(not_handed)
-    # Their peers wait for a torrent that will not come: stop them now, not at teardown.
-    conns.map(list(not_handed), lambda h: stop_peering(conns, settings, h))
+        drop_failed(handed_out.result())
     print(f"seeding {meta.total_length / MB:.1f} MB from {inv.seeder.name}", file=out)
 
     peer_ips = {ips[h] for h in live if h != inv.seeder.name}
@@ -338,16 +318,13 @@ def _deploy(
     )
     aside.early = early
 
-    downloads = aside.downloads
-
     def deploy_host(host: str) -> Optional[float]:
         begun = time.monotonic()
         try:
             if not watch.begin(host):
-                stop_peering(conns, settings, host)
-                raise HostError(host, f"murder peer stopped: {watch.verdict}")
+                raise HostError(host, f"murder peer not started: {watch.verdict}")
             try:
-                fetched = downloads.result(host)
+                fetched = download(conns, settings, host)
             except HostError:
                 if watch.verdict is not None:
                     raise HostError(host, f"murder peer stopped: {watch.verdict}") from None

@@ -74,20 +74,15 @@ def sha256_file(path: Path) -> str:
 
 
 def check_python(
-    conns: Connections,
-    host: str,
-    settings: Settings,
-    release: Optional[str] = None,
-    remove: Sequence[str] = (),
+    conns: Connections, host: str, settings: Settings, release: Optional[str] = None
 ) -> Probe:
     """The remote python3's version, the sha256 of the installed murder.pyz and, given a
     ``release`` directory, whether it exists; HostError saying what is wrong with that
-    python. ``remove``: files to delete first, in the same round trip."""
+    python."""
     args = [settings.pyz_remote] + ([release] if release is not None else [])
-    first = f"rm -f {sh(*remove)}; " if remove else ""
     result = conns.run(
         host,
-        f"{first}command -v {sh(settings.python)} >/dev/null || exit 127; "
+        f"command -v {sh(settings.python)} >/dev/null || exit 127; "
         f"{sh(*settings.python_argv, '-c', _PROBE, *args)}",
         check=False,
     )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-from concurrent.futures import CancelledError, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -45,12 +43,10 @@ def describe_exit(code: int) -> str:
 def upload_torrent(
     conns: Connections, settings: Settings, local: Path, host: str, manifest: Optional[Path] = None
 ) -> None:
-    """The manifest first: a peer already waiting starts the moment its .torrent lands,
-    and its install reads the manifest once the download is done."""
     conns.run(host, f"mkdir -p -m 700 {sh(settings.temp_path)}")
+    conns.put(host, str(local), settings.torrent)
     if manifest is not None:
         conns.put(host, str(manifest), settings.manifest)
-    conns.put(host, str(local), settings.torrent)
 
 
 def upload_torrents(
@@ -70,11 +66,8 @@ def upload_torrents(
     )
 
 
-def peer_script(settings: Settings, ip: str, wait: float = 0) -> str:
-    """``exec`` keeps our pid, so the fg pidfile names the engine's parent process.
-
-    ``wait`` > 0 starts the peer before its .torrent is there: it waits that long for it.
-    """
+def peer_script(settings: Settings, ip: str) -> str:
+    """``exec`` keeps our pid, so the fg pidfile names the engine's parent process."""
     argv = [
         *settings.python_argv,
         settings.pyz_remote,
@@ -95,8 +88,6 @@ def peer_script(settings: Settings, ip: str, wait: float = 0) -> str:
         str(settings.peer_timeout),
         "--quiet",
     ]
-    if wait > 0:
-        argv += ["--wait-torrent", f"{wait:g}"]
     # A tree downloads beside the releases, whose directory gets the usual modes: the
     # umask 077 that keeps the temp files private comes after it.
     releases = f"mkdir -p {sh(settings.releases_dir)} && " if settings.tree else ""
@@ -106,18 +97,14 @@ def peer_script(settings: Settings, ip: str, wait: float = 0) -> str:
     )
 
 
-def download(conns: Connections, settings: Settings, host: str, wait: float = 0) -> bool:
-    """Run the swarm download on ``host``; False when it already holds the payload (seeder).
-
-    ``wait``: seconds the peer may wait for its .torrent to arrive (see peer_script);
-    peer_timeout bounds the wait and the download together.
-    """
+def download(conns: Connections, settings: Settings, host: str) -> bool:
+    """Run the swarm download on ``host``; False when it already holds the payload (seeder)."""
     if host == conns.inventory.seeder.name:
         return False
-    script = peer_script(settings, conns.ip_of(host), wait)
+    script = peer_script(settings, conns.ip_of(host))
     limit = settings.peer_timeout + SSH_SLACK_SECONDS
-    # The peer gives up by itself after peer_timeout, its wait for the torrent included;
-    # silence past that plus the slack means the host or its link is gone.
+    # The peer gives up by itself after peer_timeout; silence past that plus the slack
+    # means the host or its link is gone, not the download.
     silent = (
         f"murder peer: no answer from the host for {limit:g}s "
         f"(peer_timeout {settings.peer_timeout:g}s + {SSH_SLACK_SECONDS}s): "
@@ -134,67 +121,6 @@ def download(conns: Connections, settings: Settings, host: str, wait: float = 0)
         message = f"murder peer: {describe_exit(result.exited)}"
         raise HostError(host, f"{message}: {detail}" if detail else message)
     return True
-
-
-class EarlyDownloads:
-    """Every peer's download, started before its .torrent exists.
-
-    Starting a peer is an SSH session and python's imports: over a second of a deploy
-    when 16 peers share two cores, and the seeder's packing and hashing leave CPU idle
-    meanwhile. So the peers start then and wait for their torrent (``--wait-torrent``);
-    the deploy hands each outcome to the stage that installs it (``result``), and after
-    teardown has stopped what still runs, ``close`` waits for the threads.
-    """
-
-    def __init__(
-        self, conns: Connections, settings: Settings, hosts: Sequence[str], wait: float
-    ) -> None:
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, min(conns.max_parallel, len(hosts))),
-            thread_name_prefix="murder-peer",
-        )
-        self._jobs = {h: self._pool.submit(download, conns, settings, h, wait) for h in hosts}
-
-    def result(self, host: str) -> bool:
-        """What ``download`` returned for ``host``, once it has; HostError as it raised."""
-        job = self._jobs.get(host)
-        if job is None:
-            raise HostError(host, "murder peer was not started")
-        try:
-            return job.result()
-        except CancelledError:
-            raise HostError(host, "murder peer not started: the deploy stopped first") from None
-
-    def stop_starting(self) -> None:
-        """Start no more peers (hosts past ``max_parallel`` wait their turn)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def join(self, timeout: float) -> list[str]:
-        """Wait up to ``timeout`` for every download to end; the hosts still running."""
-        wait_all(list(self._jobs.values()), timeout)
-        return sorted(h for h, job in self._jobs.items() if not job.done())
-
-
-#: How long the downloads get to end after teardown stopped their peers.
-STRAGGLER_WAIT = 5.0
-
-
-def stop_stragglers(
-    conns: Connections, settings: Settings, downloads: EarlyDownloads, timeout: float
-) -> list[str]:
-    """After teardown: stop the peers it missed, and wait for every download to end.
-
-    A peer whose SSH command was issued just before teardown reached its host may have
-    written its pidfile only after the stop looked for it, and it would then wait for
-    its torrent for as long as ``--wait-torrent`` allows. Returns the hosts whose
-    download still has not ended.
-    """
-    downloads.stop_starting()
-    late = downloads.join(STRAGGLER_WAIT)
-    if late:
-        conns.map(late, lambda h: stop_peering(conns, settings, h), skip_failed=False)
-        late = downloads.join(timeout)
-    return late
 
 
 def stop_peering(conns: Connections, settings: Settings, host: str, then: str = "") -> None:

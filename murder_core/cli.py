@@ -11,11 +11,10 @@ import contextlib
 import logging
 import os
 import sys
-import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import __version__
-from .errors import LeaseError, MetainfoError, MurderError
+from .errors import LeaseError, MurderError
 from .lease import DEFAULT_SECONDS, Lease
 
 if TYPE_CHECKING:
@@ -275,15 +274,6 @@ def _add_peer(sub: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="linger in this process instead of a background one",
     )
-    p.add_argument(
-        "--wait-torrent",
-        type=float,
-        default=0.0,
-        metavar="SECS",
-        help="if TORRENT does not exist yet, start up and wait up to this long for it to "
-        "appear (moved into place whole, e.g. renamed); --timeout covers the wait too. For "
-        "deploys that start the peers while the seeder still hashes (0: it must exist)",
-    )
     p.set_defaults(func=cmd_client, mode="peer")
 
 
@@ -422,41 +412,15 @@ def cmd_client(args: argparse.Namespace) -> int:
 
         with pidfile(args.pidfile):
             try:
-                if wait > 0:
-                    from . import client  # noqa: F401  (the imports are the start-up to overlap)
-
-                    begun = time.monotonic()
-                    wait_for_file(config.torrent, min(wait, config.timeout or wait))
-                    if config.timeout > 0:  # the wait counts towards it
-                        config.timeout = max(0.1, config.timeout - (time.monotonic() - begun))
                 asyncio.run(_run_client(config, notify))
             except MurderError as exc:
                 _error(exc)
                 return exc.exit_code
         return 0
 
-    wait = getattr(args, "wait_torrent", 0.0)
-    if wait < 0:
-        raise MurderError(f"--wait-torrent must be 0 or more, got {wait:g}")
     if args.mode == "peer" and config.linger > 0 and not args.foreground:
         return run_with_handoff(work, logfile=args.logfile)
     return work(None)
-
-
-def wait_for_file(path: str, seconds: float, poll: float = 0.02) -> None:
-    """Return once ``path`` exists; MetainfoError (exit 3) if it has not after ``seconds``.
-
-    A poll, not inotify (not in the stdlib): it lasts as long as the seeder takes to
-    hash, a second or so for most releases, and costs a stat per ``poll`` meanwhile.
-    """
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise MetainfoError(
-                f"{path}: no torrent appeared within {seconds:g} s (--wait-torrent)"
-            )
-        time.sleep(min(poll, left))
 
 
 async def _run_client(config: ClientConfig, notify: Callable[[], None] | None) -> None:

@@ -7,7 +7,6 @@ import hashlib
 import importlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -377,16 +376,6 @@ def test_every_remote_python_starts_without_site_packages() -> None:
     for name, command in commands.items():
         assert "/opt/py/bin/python3 -S " in command, (name, command[:200])
         assert command.count("/opt/py/bin/python3") == 1, name
-
-
-def test_only_the_deploys_early_peers_wait_for_their_torrent() -> None:
-    from fabfile.peers import peer_script
-
-    settings = Settings(tag="v1", peer_timeout=90)
-    early = shlex.split(peer_script(settings, "10.0.0.2", wait=90).rsplit("exec ", 1)[1])
-    assert early[early.index("--wait-torrent") + 1] == "90"
-    assert early[early.index("--timeout") + 1] == "90"  # it bounds the wait too
-    assert "--wait-torrent" not in peer_script(settings, "10.0.0.2")  # murder.peer's
 
 
 @pytest.mark.parametrize(("files", "refused"), [(5, False), (1000, False), (1001, True)])
