@@ -386,6 +386,44 @@ def test_ctrl_c_still_tears_down(env: Env) -> None:
     )
 
 
+def test_a_tracker_port_in_use_fails_the_deploy_naming_it(env: Env) -> None:
+    """Something else listens on the tracker's port: the deploy fails with the
+    tracker's own words, nothing is left running and no peer switches."""
+    release = make_release(env.work / "rel-v9", 9, size=500_000)
+    h1 = env.info.host("h1")
+    before = {host: env.current(host) for host in PEERS}
+    squatter = subprocess.Popen(
+        ["ip", "netns", "exec", h1.netns, sys.executable, "-c", PORT_SQUATTER, h1.ip, "8998"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline() == "listening\n"
+        report = env.work / "v9.json"
+        out = env.fab("deploy", "--tag", "v9", "--local-path", str(release), "--json", str(report))
+    finally:
+        squatter.kill()
+        squatter.wait(10)
+    assert out.returncode == 1, out.stderr
+    data = json.loads(report.read_text())
+    assert "cannot listen on 198.18.0.11:8998: Address already in use" in data["error"]
+    assert data["teardown_problems"] == []
+    assert_nothing_left(env)
+    assert {host: env.current(host) for host in PEERS} == before
+
+
+PORT_SQUATTER = """
+import socket, sys, time
+s = socket.socket()
+# Past the TIME_WAITs of earlier deploys' trackers; a listener still keeps others out.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen()
+print("listening", flush=True)
+time.sleep(600)
+"""
+
+
 def test_run_deploy_from_python_with_files_on_the_seeder(env: Env) -> None:
     """The API `invoke demo` calls. The inventory is Murder's minimal one: bare names
     (ssh_config resolves them; each host's address is learnt from its own SSH connection)
