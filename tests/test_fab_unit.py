@@ -320,6 +320,33 @@ def test_start_detached_script_waits_for_the_pidfile(tmp_path: Path) -> None:
     )
 
 
+def test_start_detached_script_looks_for_the_pidfile_every_10_ms_at_first(
+    tmp_path: Path,
+) -> None:
+    """A ``sleep`` on PATH that logs its argument shows how often the script looks."""
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    log = tmp_path / "sleeps"
+    real_sleep = shutil.which("sleep")
+    (shims / "sleep").write_text(f'#!/bin/sh\necho "$1" >> {log}\nexec {real_sleep} "$@"\n')
+    (shims / "sleep").chmod(0o755)
+    work = tmp_path / "w"
+    pidfile = work / "seeder.pid"
+    # A process that writes its pidfile a little after it starts, as ours do.
+    late = "import time; time.sleep(0.05)\n" + SLEEPER
+    argv = [sys.executable, "-c", late, str(pidfile), "murder.pyz"]
+    script = start_detached_script(
+        argv, workdir=str(work), pidfile=str(pidfile), output=str(work / "out")
+    )
+    env = dict(os.environ, PATH=f"{shims}:{os.environ['PATH']}")
+    subprocess.run(["sh", "-c", script], check=True, timeout=30, env=env)
+    try:
+        sleeps = log.read_text().split()
+        assert sleeps and set(sleeps) == {"0.01"}, sleeps
+    finally:
+        subprocess.run(["sh", "-c", stop_script([str(pidfile)])], check=True, timeout=30)
+
+
 def test_start_detached_script_reports_an_early_death(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import sys; print('cannot bind 8998'); sys.exit(4)"]
     script = start_detached_script(
