@@ -389,6 +389,13 @@ def interruptible(call: Callable[[], T], seconds: float) -> T:
     return value
 
 
+def poll_sleep(fast: int) -> str:
+    """One shell line for a wait loop counting looks in ``$i``: 10 ms between the first
+    ``fast`` looks, 0.1 s after. What we wait for (a process to stop, a pidfile to
+    appear) mostly happens within tens of milliseconds."""
+    return f"if [ $i -lt {fast} ]; then sleep 0.01; else sleep 0.1; fi"
+
+
 # Detached processes and their pidfiles. The engine writes and removes the pidfile
 # itself (``--pidfile``); we only ever signal a pid whose command line names
 # murder.pyz, so a stale pidfile pointing at a recycled pid harms nothing.
@@ -411,7 +418,7 @@ murder_stop() {
     for pid in $pids; do murder_alive "$pid" && left="$left $pid"; done
     pids=$left
     [ -n "$pids" ] || break
-    if [ $i -lt 20 ]; then sleep 0.01; else sleep 0.1; fi
+    @POLL_SLEEP@
     i=$((i+1))
   done
   for pid in $pids; do
@@ -422,15 +429,14 @@ murder_stop() {
   done
   for pf in "$@"; do rm -f "$pf"; done
 }
-"""
+""".replace("@POLL_SLEEP@", poll_sleep(20))
 
 
 def stop_script(pidfiles: Sequence[str], globs: Sequence[str] = (), then: str = "") -> str:
     """Stop each process named by a pidfile (``globs`` are left unquoted on purpose:
     they are built from validated paths plus a literal ``*``), then run ``then``, whose
     status is the script's: one round trip where a host needs both."""
-    # All are signalled first and waited for together: they stop in parallel. The
-    # first checks come every 10 ms, since most of ours are gone within tens of them.
+    # All are signalled first and waited for together: they stop in parallel.
     names = [shlex.quote(p) for p in pidfiles] + list(globs)
     lines = [STOP_FUNCTION]
     if names:
@@ -464,7 +470,7 @@ def start_detached_script(
             '  if ! kill -0 "$child" 2>/dev/null; then',
             f"    sleep 0.2; tail -n 5 {sh(output)} >&2; exit 1",
             "  fi",
-            f"  if [ $i -lt {fast} ]; then sleep 0.01; else sleep 0.1; fi",
+            f"  {poll_sleep(fast)}",
             "  i=$((i+1))",
             "done",
             f"echo {sh(f'no pidfile {pidfile} after {wait_seconds}s')} >&2",

@@ -138,10 +138,6 @@ def cpu_jiffies(stat: str) -> tuple[int, int, int]:
     return total - parts[3] - parts[4], parts[7], total
 
 
-def _machine_cpu() -> tuple[int, int, int]:
-    return cpu_jiffies(Path("/proc/stat").read_text())
-
-
 @dataclass
 class Sample:
     t: float
@@ -149,7 +145,7 @@ class Sample:
     down: dict[str, int]  # host -> bytes the host has received
     cpu_busy: int
     cpu_total: int
-    cpu_steal: int = 0
+    cpu_steal: int
 
 
 class Sampler(threading.Thread):
@@ -173,7 +169,7 @@ class Sampler(threading.Thread):
             stats = Path("/sys/class/net", veth, "statistics")
             up[host] = int((stats / "rx_bytes").read_text())
             down[host] = int((stats / "tx_bytes").read_text())
-        busy, steal, total = _machine_cpu()
+        busy, steal, total = cpu_jiffies(Path("/proc/stat").read_text())
         return Sample(time.monotonic(), up, down, busy, total, steal)
 
     def run(self) -> None:

@@ -95,15 +95,14 @@ def plot_uplink(runs: Sequence[MethodRun], rate_mbit: float, path: Path) -> Path
             ax.axvline(run.seconds, color="k", linestyle=":", label="last peer verified")
         cpu = ax.twinx()
         cpu.plot(s["t"], s["machine_cpu_pct"], color="0.6", linewidth=0.8, label="machine CPU %")
-        if s.get("machine_cpu_steal_pct"):
-            cpu.plot(
-                s["t"],
-                s["machine_cpu_steal_pct"],
-                color="tab:purple",
-                linewidth=0.8,
-                linestyle="--",
-                label="of which stolen by the hypervisor",
-            )
+        cpu.plot(
+            s["t"],
+            s["machine_cpu_steal_pct"],
+            color="tab:purple",
+            linewidth=0.8,
+            linestyle="--",
+            label="of which stolen by the hypervisor",
+        )
         cpu.set_ylim(0, 105)
         cpu.set_ylabel("machine CPU %", color="0.4")
         ax.set_ylim(0, rate_mbit * 1.15)

@@ -34,11 +34,7 @@ def summarise(
                 continue
             good = [r.seconds for r in mine if r.ok and r.seconds is not None]
             seconds: Optional[float] = statistics.median(good) if good else None
-            stolen = [
-                r.metrics["machine_cpu_steal_pct"]
-                for r in mine
-                if r.metrics.get("machine_cpu_steal_pct") is not None
-            ]
+            stolen = [v for r in mine if (v := r.metrics.get("machine_cpu_steal_pct")) is not None]
             bound = bounds[n]
             rows.append(
                 {
