@@ -6,6 +6,7 @@ Run here as a real subprocess, from the very source text the fabfile sends.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -290,3 +291,93 @@ def test_install_runs_on_every_host_python_without_importing_typing(
     assert os.readlink(dest / "current") == "releases/v1"
     imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()}
     assert "tarfile" in imported and "typing" not in imported
+
+
+# --- plain tarballs: file data copied by the kernel (copy_file_range) ----------------
+def _plain_tar(path: Path, members: Dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, BytesIO(data))
+
+
+def _syscalls_read() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    raise AssertionError("no syscr in /proc/self/io")
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "copy_file_range") or not Path("/proc/self/io").exists(),
+    reason="os.copy_file_range and /proc/self/io are Linux-only",
+)
+def test_a_plain_tarball_is_copied_by_the_kernel_not_read_through_python(
+    tmp_path: Path,
+) -> None:
+    members = {"app/big.bin": os.urandom(8 << 20), "app/empty": b"", "app/small": b"s" * 1000}
+    _plain_tar(tmp_path / "r.tar", members)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    before = _syscalls_read()
+    rr.extract_tar(str(tmp_path / "r.tar"), str(dest))
+    reads = _syscalls_read() - before
+    for name, data in members.items():
+        assert (dest / name).read_bytes() == data
+    # tarfile's own copy reads 8 MiB in 16 KiB pieces: over 512 read calls.
+    assert reads < 64, reads
+
+
+@pytest.mark.parametrize("python", _host_pythons())
+def test_a_plain_tarball_cut_short_is_refused_and_leaves_nothing(
+    python: str, tmp_path: Path
+) -> None:
+    data = os.urandom(1 << 20)
+    _plain_tar(tmp_path / "r.tar", {"a.bin": b"a" * 100, "z.bin": data})
+    whole = (tmp_path / "r.tar").read_bytes()
+    cut = whole.index(data[:64]) + len(data) // 2  # half of z.bin's data is missing
+    (tmp_path / "cut.tar").write_bytes(whole[:cut])
+    releases = tmp_path / "releases"
+    argv = ["extract", str(tmp_path / "cut.tar"), str(releases / "v1"), "tar", "", "0"]
+    out = subprocess.run(
+        [python, "-c", helper_source(), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out
+    assert out.stderr.strip().endswith("is not a readable tarball: unexpected end of data"), out
+    assert list(releases.iterdir()) == []  # no release, no hidden work directory
+
+
+def test_a_plain_tarball_onto_another_file_system(tmp_path: Path, small_tmpfs: Path) -> None:
+    """From the disk to a tmpfs, where kernels since 5.19 refuse copy_file_range."""
+    members = {"bin/app": os.urandom(300 * 1024), "conf/a.ini": b"x=1\n"}
+    _plain_tar(tmp_path / "r.tar", members)
+    out = helper("extract", str(tmp_path / "r.tar"), str(small_tmpfs / "v1"), "tar", "", "0")
+    assert out.returncode == 0, out.stderr
+    for name, data in members.items():
+        assert (small_tmpfs / "v1" / name).read_bytes() == data
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar to make a sparse member")
+def test_a_sparse_member_is_extracted_whole(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with open(tree / "holes.img", "wb") as f:
+        f.truncate(4 << 20)
+        f.seek(1 << 20)
+        f.write(b"middle" * 1000)
+        f.seek((4 << 20) - 6)
+        f.write(b"ending")
+    expected = (tree / "holes.img").read_bytes()
+    subprocess.run(
+        ["tar", "-cSf", str(tmp_path / "s.tar"), "-C", str(tree), "."], check=True, timeout=60
+    )
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        assert tar.getmember("./holes.img").sparse is not None  # tarfile sees the holes
+    out = helper("extract", str(tmp_path / "s.tar"), str(tmp_path / "v1"), "tar", "", "0")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "v1" / "holes.img").read_bytes() == expected
