@@ -348,7 +348,7 @@ def _deploy(
 
     watch.start()
     try:
-        outcomes = conns.map(list(live), deploy_host)
+        outcomes = conns.map(list(live), deploy_host, all_at_once=True)
     finally:
         watch.stop()
     _mark(report, started, "hosts")

@@ -240,7 +240,7 @@ def peer(
             uploaded = peers.upload_torrents(conns, s, local, names)
             ready = [n for n in names if uploaded[n].ok]
             results: Dict[str, Outcome[Any]] = {n: o for n, o in uploaded.items() if not o.ok}
-            results.update(conns.map(ready, one))
+            results.update(conns.map(ready, one, all_at_once=True))
         finally:
             # Every peer is done or failed: lingering helps no one now.
             conns.map(names, lambda h: peers.stop_peering(conns, s, h))

@@ -307,9 +307,19 @@ class Connections:
         return known
 
     def map(
-        self, names: Sequence[str], job: Callable[[str], T], *, skip_failed: bool = True
+        self,
+        names: Sequence[str],
+        job: Callable[[str], T],
+        *,
+        skip_failed: bool = True,
+        all_at_once: bool = False,
     ) -> Dict[str, Outcome[T]]:
         """Run ``job(host)`` for every host, at most ``max_parallel`` at a time.
+
+        ``all_at_once`` runs every job at the same time instead: for the swarm, whose
+        peers must all be in it together (in waves of ``max_parallel`` a fleet of N would
+        take N / max_parallel swarms). Each such job holds a thread and an SSH channel on
+        a connection that is already open, nothing more.
 
         Ctrl-C stops waiting at once (queued jobs are cancelled) so the caller's teardown
         can run; jobs already running end when teardown stops their remote processes.
@@ -321,7 +331,8 @@ class Connections:
                 results[name] = Outcome(name, error=self.failed[name])
         if not todo:
             return results
-        pool = ThreadPoolExecutor(max_workers=min(self.max_parallel, len(todo)))
+        workers = len(todo) if all_at_once else min(self.max_parallel, len(todo))
+        pool = ThreadPoolExecutor(max_workers=workers)
 
         def timed(name: str) -> Outcome[T]:
             start = time.monotonic()

@@ -6,6 +6,7 @@ real subprocess with the cluster's ssh_config and known_hosts, exactly as a user
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -410,6 +411,32 @@ def test_a_tracker_port_in_use_fails_the_deploy_naming_it(env: Env) -> None:
     assert data["teardown_problems"] == []
     assert_nothing_left(env)
     assert {host: env.current(host) for host in PEERS} == before
+
+
+def _log_time(line: str) -> datetime.datetime:
+    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_every_peer_joins_the_swarm_at_once_whatever_max_parallel(env: Env) -> None:
+    """max_parallel bounds the SSH set-up and the short steps, not the swarm: in waves
+    of max_parallel, each peer would start only once the one before had downloaded and
+    installed, and a fleet would take N / max_parallel swarms."""
+    release = make_release(env.work / "rel-v10", 10, size=8_000_000)
+    out = env.fab("deploy", "--tag", "v10", "--local-path", str(release), max_parallel="1")
+    assert out.returncode == 0, out.stderr + out.stdout
+    started, finished = {}, {}
+    for host in PEERS:
+        lines = env.sh(host, "cat /tmp/murder/peer-v10.log").splitlines()
+        started[host] = _log_time(next(x for x in lines if " listening on " in x))
+        finished[host] = _log_time(next(x for x in lines if " complete; seeding" in x))
+    first_done = min(finished.values())
+    # Seconds from each peer's start to the first download's end: negative for a peer
+    # that started only after someone had finished (every peer but one, in waves).
+    margins = {h: round((first_done - t).total_seconds(), 3) for h, t in started.items()}
+    # All six are started together, but a fast first peer may finish before a slow
+    # sixth has started python: more than max_parallel in the swarm at once is the claim.
+    assert sum(m > 0 for m in margins.values()) > 1, margins
+    assert_nothing_left(env)
 
 
 PORT_SQUATTER = """

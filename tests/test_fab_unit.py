@@ -531,6 +531,16 @@ def test_map_bounds_parallel_jobs_and_keeps_host_order() -> None:
     assert (out["p5"].ok, out["p5"].error) == (False, "exit 3: disk full")
 
 
+def test_map_all_at_once_runs_every_job_together_past_max_parallel() -> None:
+    """The swarm step: every job must be running at the same time, whatever the bound.
+    Each job waits at a barrier for all eight; a pool of three would leave it broken."""
+    conns = _conns(3)
+    names = [f"p{i}" for i in range(8)]
+    barrier = threading.Barrier(len(names), timeout=30)
+    out = conns.map(names, lambda h: barrier.wait() >= 0, all_at_once=True)
+    assert [o.value for o in out.values()] == [True] * len(names)
+
+
 def test_map_skips_hosts_that_could_not_connect() -> None:
     conns = _conns(4)
     conns.failed["p2"] = "ssh: refused"
