@@ -21,6 +21,16 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
+from fabfile.helptext import (
+    H_DEST,
+    H_INV,
+    H_JSON,
+    H_KEEP,
+    H_MURDER,
+    H_PATH_IS_FILE,
+    H_PORT,
+    H_TEMP,
+)
 from fabfile.install import check_python, distribute_files
 from fabfile.inventory import load_inventory
 from fabfile.lease import LeaseKeeper
@@ -404,9 +414,15 @@ def _finish(report: DeployReport, what: str) -> None:
         "tag": "release name (no '/'); becomes releases/TAG on every peer",
         "files_path": "directory (or file, with --path-is-file) on the seeder to deploy",
         "local_path": "directory or file on this workstation, staged onto the seeder",
+        "path_is_file": H_PATH_IS_FILE,
         "force": "deploy even if releases/TAG exists already (replaces it)",
-        "json": "also write the per-host report as JSON to this file",
-        "inventory": "Ansible-style hosts.ini (default: murder.inventory config)",
+        "json": H_JSON,
+        "inventory": H_INV,
+        "destination_path": H_DEST,
+        "temp_path": H_TEMP,
+        "remote_murder_path": H_MURDER,
+        "tracker_port": H_PORT,
+        "keep_releases": H_KEEP,
         "transfer": "tarball (default: one tarball, extracted on every peer) or tree (the "
         "release's own files, downloaded straight into releases/TAG)",
     }
@@ -453,7 +469,15 @@ def deploy(
     _finish(report, "deploy")
 
 
-@task(name="rollback", help={"tag": "release to switch to (default: the one before current)"})
+@task(
+    name="rollback",
+    help={
+        "tag": "release to switch to (default: the one before current)",
+        "inventory": H_INV,
+        "destination_path": H_DEST,
+        "json": H_JSON,
+    },
+)
 def rollback_task(
     c: Context,
     tag: Optional[str] = None,

@@ -24,14 +24,10 @@ from invoke.tasks import task
 
 from fabfile import install, peers, release, seed, teardown, torrent, tracker
 from fabfile.deploy import open_connections
+from fabfile.helptext import H_INV, H_MURDER, H_PATH_IS_FILE, H_PORT, H_TAG, H_TEMP
 from fabfile.remote import Connections, Outcome
 from fabfile.settings import Settings, settings_from_config
 from murder_core.errors import DeployError, MurderError
-
-H_INV = "Ansible-style hosts.ini (default: murder.inventory config)"
-H_TAG = "release name (no '/')"
-H_TEMP = "temp dir on the hosts (default /tmp/murder)"
-H_MURDER = "where murder.pyz lives on the hosts (default /srv/murder/bin)"
 
 
 @contextmanager
@@ -77,7 +73,14 @@ def distribute_files(
         _outcomes("distribute_files", install.distribute_files(conns, s, _all(conns), clear=True))
 
 
-@task(help={"inventory": H_INV, "temp_path": H_TEMP, "tracker_port": "tracker port (8998)"})
+@task(
+    help={
+        "inventory": H_INV,
+        "temp_path": H_TEMP,
+        "tracker_port": H_PORT,
+        "remote_murder_path": H_MURDER,
+    }
+)
 def start_tracker(
     c: Context,
     inventory: Optional[str] = None,
@@ -104,9 +107,11 @@ def stop_tracker(
     help={
         "tag": H_TAG,
         "files_path": "directory (or file, with --path-is-file) on the seeder",
-        "path_is_file": "files_path is one file: swarm it as is, no tarball",
+        "path_is_file": H_PATH_IS_FILE,
         "inventory": H_INV,
         "temp_path": H_TEMP,
+        "remote_murder_path": H_MURDER,
+        "tracker_port": H_PORT,
     }
 )
 def create_torrent(
@@ -143,7 +148,7 @@ def download_torrent(
         print(torrent.download_torrent(conns, s))
 
 
-@task(help={"tag": H_TAG, "inventory": H_INV, "temp_path": H_TEMP})
+@task(help={"tag": H_TAG, "inventory": H_INV, "temp_path": H_TEMP, "remote_murder_path": H_MURDER})
 def start_seeding(
     c: Context,
     tag: Optional[str] = None,
@@ -190,6 +195,7 @@ def stop_all_seeding(
         "files_path": "with --path-is-file: the file's original path (gives its name)",
         "inventory": H_INV,
         "temp_path": H_TEMP,
+        "remote_murder_path": H_MURDER,
     }
 )
 def peer(

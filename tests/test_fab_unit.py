@@ -501,6 +501,17 @@ def test_tar_local_dir_skips_git_and_keeps_layout(tmp_path: Path) -> None:
         assert {m.uid for m in tar.getmembers()} == {0}
 
 
+def test_every_flag_of_every_fab_task_has_help() -> None:
+    import fabfile
+
+    undocumented = {
+        name: [arg.name for arg in fabfile.ns[name].get_arguments() if not arg.help]
+        for name in fabfile.ns.task_names
+    }
+    assert {name: args for name, args in undocumented.items() if args} == {}
+    assert len(undocumented) >= 14  # deploy, rollback and Murder's twelve tasks
+
+
 # -- parallelism without SSH: Connections.map runs any job ---------------------------
 def _conns(max_parallel: int) -> Connections:
     inv = parse_inventory("[peers]\n" + "\n".join(f"p{i}" for i in range(8)) + "\n")
