@@ -7,6 +7,8 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from murder_core import bencoding
 from murder_core.errors import TrackerError
@@ -434,3 +436,55 @@ def test_version_moves_on_change_only() -> None:
     assert s.version == v1
     s.expire(now=10.0)
     assert s.version > v1
+
+
+# An announce must not walk the whole swarm (thousands of deploy peers announce every few
+# seconds), so the tracker keeps indexes beside the peer table. Random runs of announces,
+# restarts on a used address, stops and expiry check them against the table itself.
+_STEP = st.tuples(
+    st.integers(0, 11),  # peer number
+    st.sampled_from([0, 100]),  # left
+    st.sampled_from([Event.NONE, Event.STARTED, Event.COMPLETED, Event.STOPPED]),
+    st.integers(0, 5),  # address: fewer addresses than peers, so restarts replace ghosts
+    st.floats(0, 4),  # seconds since the previous step
+    st.integers(0, 12),  # numwant
+    st.booleans(),  # also run the periodic expiry
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_STEP, max_size=60))
+def test_indexes_match_the_peer_table_and_replies_follow_the_rules(steps: list[Any]) -> None:
+    s = swarm(peer_ttl=5)
+    now = 0.0
+    for n, left, event, where, gap, numwant, sweep in steps:
+        now += gap
+        request = req(n, left=left, event=event, ip=f"10.1.0.{where + 1}", numwant=numwant)
+        reply = s.announce(request, now=now)
+        if sweep:
+            s.expire(now)
+        torrent = s._torrents.get(TORRENT)
+        if torrent is None:
+            continue
+        peers = torrent.peers
+        assert dict(torrent.seeds) == {k: p for k, p in peers.items() if p.left == 0}
+        assert dict(torrent.leeches) == {k: p for k, p in peers.items() if p.left > 0}
+        assert torrent.at == {(p.addr.ip, p.addr.port): k for k, p in peers.items()}
+        seen = [p.last_seen for p in peers.values()]
+        assert seen == sorted(seen)  # oldest first: expiry looks only at the front
+        assert all(now - t <= 5 for t in seen)  # nobody stale is kept or handed out
+        assert (reply.complete, reply.incomplete) == torrent.counts()
+        if event is Event.STOPPED:
+            assert request.peer_id not in peers and reply.peers == ()
+            continue
+        handed = [p.peer_id for p in reply.peers]
+        assert len(handed) == len(set(handed)) and request.peer_id not in handed
+        assert all(h in peers for h in handed)
+        others = [p for k, p in peers.items() if k != request.peer_id]
+        if left == 0:
+            assert all(peers[h].left > 0 for h in handed)  # a seeder gets leechers only
+            assert len(handed) == min(numwant, sum(p.left > 0 for p in others))
+        else:
+            assert len(handed) == min(numwant, len(others))
+            if numwant and any(p.left == 0 for p in others):
+                assert any(peers[h].left == 0 for h in handed)  # the origin stays reachable

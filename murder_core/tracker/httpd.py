@@ -9,6 +9,7 @@ connections, bencoded error bodies (405 for non-GET), and bind errors as Tracker
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import socketserver
@@ -144,15 +145,23 @@ class Handler(BaseHTTPRequestHandler):
     def _send(self, response: Response) -> None:
         # The head's deadline may be nearly spent; the reply gets a fresh timeout.
         self.connection.settimeout(self.server.request_timeout)
-        self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
+        # Head and body leave in one send: each blocking call hands the GIL to the other
+        # request threads and waits to get it back, which is what limits a busy tracker.
+        wire, self.wfile = self.wfile, io.BytesIO()
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.send_header("Cache-Control", "no-store")
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+            reply = self.wfile.getvalue()
+        finally:
+            self.wfile = wire
+        self.wfile.write(reply)
 
     # Both get the request line, which carries a deploy's auth token: never log that.
     def log_message(self, format: str, *args: Any) -> None:

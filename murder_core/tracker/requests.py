@@ -8,6 +8,7 @@ can fix their side from the reply alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 import struct
@@ -313,13 +314,15 @@ def parse_scrape(query: bytes) -> ScrapeRequest:
 
 def compact_peers(peers: Sequence[ReplyPeer]) -> tuple[bytes, bytes]:
     """BEP 23 ``peers`` (6 bytes per IPv4 peer) and BEP 7 ``peers6`` (18 bytes per IPv6)."""
-    v4 = bytearray()
-    v6 = bytearray()
-    for peer in peers:
-        address = ipaddress.ip_address(peer.addr.ip)
-        target = v4 if address.version == 4 else v6
-        target += address.packed + struct.pack(">H", peer.addr.port)
-    return bytes(v4), bytes(v6)
+    packed = [_packed(peer.addr.ip, peer.addr.port) for peer in peers]
+    return b"".join(p for p in packed if len(p) == 6), b"".join(p for p in packed if len(p) == 18)
+
+
+@functools.lru_cache(maxsize=65536)
+def _packed(ip: str, port: int) -> bytes:
+    # Every reply packs up to numwant addresses, and the same few thousand recur:
+    # ipaddress parses one in microseconds, a cache hit costs a dict lookup.
+    return ipaddress.ip_address(ip).packed + struct.pack(">H", port)
 
 
 def encode_announce(

@@ -52,14 +52,65 @@ class PeerRecord:
 
 @dataclass
 class _Torrent:
-    peers: dict[PeerId, PeerRecord] = field(default_factory=dict)
+    """One torrent's peers, indexed so that an announce costs the same at any swarm size.
+
+    A deploy swarm of thousands announcing every few seconds cannot afford a walk over
+    every peer per announce (it made the tracker a few hundred announces a second at
+    1,000 peers): ``peers`` is kept oldest announce first, so expiry looks only at the
+    front, and seeders, leechers and addresses have their own indexes.
+    """
+
+    peers: dict[PeerId, PeerRecord] = field(default_factory=dict)  # oldest announce first
+    seeds: dict[PeerId, PeerRecord] = field(default_factory=dict)
+    leeches: dict[PeerId, PeerRecord] = field(default_factory=dict)
+    at: dict[tuple[str, int], PeerId] = field(default_factory=dict)  # who is at ip:port
     completed: int = 0
     # Who already counted toward ``completed``, so a re-sent event counts once.
     completed_by: set[PeerId] = field(default_factory=set)
 
     def counts(self) -> tuple[int, int]:
-        seeders = sum(1 for peer in self.peers.values() if peer.seeder)
-        return seeders, len(self.peers) - seeders
+        return len(self.seeds), len(self.leeches)
+
+    def put(self, record: PeerRecord) -> PeerRecord | None:
+        """Add or refresh ``record``; returns the peer's previous record, if any.
+
+        A peer restarted with a fresh peer_id on the same ip:port replaces its old
+        record; otherwise the ghost would be counted (and handed out) until it expires.
+        """
+        previous = self.remove(record.peer_id)
+        ghost = self.at.get((record.addr.ip, record.addr.port))
+        if ghost is not None:
+            self.remove(ghost)
+        self.peers[record.peer_id] = record
+        (self.seeds if record.seeder else self.leeches)[record.peer_id] = record
+        self.at[(record.addr.ip, record.addr.port)] = record.peer_id
+        return previous
+
+    def remove(self, peer_id: PeerId) -> PeerRecord | None:
+        record = self.peers.pop(peer_id, None)
+        if record is not None:
+            (self.seeds if record.seeder else self.leeches).pop(peer_id, None)
+            if self.at.get((record.addr.ip, record.addr.port)) == peer_id:
+                del self.at[(record.addr.ip, record.addr.port)]
+        return record
+
+    def expire(self, cutoff: float, *, everyone: bool) -> int:
+        """Drop peers last seen before ``cutoff``: the oldest only, or (``everyone``) all.
+
+        Announces append, so the front holds the oldest; a wall clock stepped back can
+        leave one out of place, which the periodic ``everyone`` pass catches.
+        """
+        if everyone:
+            stale = [pid for pid, p in self.peers.items() if p.last_seen < cutoff]
+        else:
+            stale = []
+            for pid, p in self.peers.items():
+                if p.last_seen >= cutoff:
+                    break
+                stale.append(pid)
+        for peer_id in stale:
+            self.remove(peer_id)
+        return len(stale)
 
 
 class Swarm:
@@ -119,33 +170,11 @@ class Swarm:
                     f"tracker already serves {self.max_torrents} torrents, the most it will"
                 )
             torrent = self._torrents[request.info_hash] = _Torrent()
-        self._expire_torrent(torrent, now)
+        if torrent.expire(now - self.peer_ttl, everyone=False):
+            self._version += 1
         self._version += 1
 
-        previous = torrent.peers.pop(request.peer_id, None)
-        # A peer restarted with a fresh peer_id on the same ip:port replaces its old
-        # record; otherwise the ghost would be counted (and handed out) until it expires.
-        for ghost in [p.peer_id for p in torrent.peers.values() if p.addr == request.addr]:
-            del torrent.peers[ghost]
-
-        if request.event is Event.STOPPED:
-            seeders, leechers = torrent.counts()
-            return AnnounceReply(self.interval, self.min_interval, seeders, leechers, ())
-
-        if len(torrent.peers) >= self.max_peers_per_torrent:
-            raise TrackerError(
-                f"torrent {request.info_hash.hex} already has {self.max_peers_per_torrent} peers, "
-                "the most this tracker keeps"
-            )
-        finished = request.event is Event.COMPLETED or (previous is not None and previous.left > 0)
-        if request.left == 0 and finished and request.peer_id not in torrent.completed_by:
-            torrent.completed += 1
-            # Past this many we stop remembering; a later duplicate then counts twice,
-            # which is better than unbounded memory.
-            if len(torrent.completed_by) < 4 * self.max_peers_per_torrent:
-                torrent.completed_by.add(request.peer_id)
-
-        torrent.peers[request.peer_id] = PeerRecord(
+        record = PeerRecord(
             peer_id=request.peer_id,
             addr=request.addr,
             uploaded=request.uploaded,
@@ -154,34 +183,59 @@ class Swarm:
             last_seen=now,
             key=request.key,
         )
+        if request.event is Event.STOPPED:
+            torrent.remove(request.peer_id)
+            ghost = torrent.at.get((request.addr.ip, request.addr.port))
+            if ghost is not None:
+                torrent.remove(ghost)
+            seeders, leechers = torrent.counts()
+            return AnnounceReply(self.interval, self.min_interval, seeders, leechers, ())
+
+        known = request.peer_id in torrent.peers
+        if not known and len(torrent.peers) >= self.max_peers_per_torrent:
+            ghost = torrent.at.get((request.addr.ip, request.addr.port))
+            if ghost is None:
+                raise TrackerError(
+                    f"torrent {request.info_hash.hex} already has "
+                    f"{self.max_peers_per_torrent} peers, the most this tracker keeps"
+                )
+        previous = torrent.put(record)
+        finished = request.event is Event.COMPLETED or (previous is not None and previous.left > 0)
+        if request.left == 0 and finished and request.peer_id not in torrent.completed_by:
+            torrent.completed += 1
+            # Past this many we stop remembering; a later duplicate then counts twice,
+            # which is better than unbounded memory.
+            if len(torrent.completed_by) < 4 * self.max_peers_per_torrent:
+                torrent.completed_by.add(request.peer_id)
+
         numwant = self.default_numwant if request.numwant is None else request.numwant
-        chosen = self._choose(torrent, request, min(numwant, self.max_numwant))
+        chosen = self._choose(torrent, record, min(numwant, self.max_numwant))
         seeders, leechers = torrent.counts()
         return AnnounceReply(self.interval, self.min_interval, seeders, leechers, chosen)
 
-    def _choose(
-        self, torrent: _Torrent, request: AnnounceRequest, numwant: int
-    ) -> tuple[ReplyPeer, ...]:
-        others = [
-            p
-            for p in torrent.peers.values()
-            if p.peer_id != request.peer_id and p.addr != request.addr
-        ]
-        seeders = [p for p in others if p.seeder]
-        leechers = [p for p in others if not p.seeder]
-        if request.left == 0:
+    def _choose(self, torrent: _Torrent, me: PeerRecord, numwant: int) -> tuple[ReplyPeer, ...]:
+        seeders, leechers = len(torrent.seeds), len(torrent.leeches)
+        if me.seeder:
             # A seeder has nothing to fetch from other seeders.
-            chosen = self._rng.sample(leechers, min(numwant, len(leechers)))
+            chosen = self._sample(torrent.leeches, min(numwant, leechers), me)
         else:
+            leechers -= 1  # not itself
             # Leechers get a quarter of seeders (at least one if any exist) so the
             # origin is always reachable, the rest leechers to spread the load; when one
             # side runs short the other fills the gap.
-            seed_share = min(len(seeders), max(1, numwant // 4)) if numwant else 0
-            leech_share = min(len(leechers), numwant - seed_share)
-            seed_share = min(len(seeders), numwant - leech_share)
-            chosen = self._rng.sample(seeders, seed_share) + self._rng.sample(leechers, leech_share)
-            self._rng.shuffle(chosen)
+            seed_share = min(seeders, max(1, numwant // 4)) if numwant else 0
+            leech_share = min(leechers, numwant - seed_share)
+            seed_share = min(seeders, numwant - leech_share)
+            chosen = self._sample(torrent.seeds, seed_share, me)
+            chosen += self._sample(torrent.leeches, leech_share, me)
         return tuple(ReplyPeer(p.peer_id, p.addr) for p in chosen)
+
+    def _sample(self, pool: dict[PeerId, PeerRecord], k: int, me: PeerRecord) -> list[PeerRecord]:
+        """``k`` peers of ``pool`` other than ``me``, at random: O(k), not O(len(pool))."""
+        if k <= 0:
+            return []
+        picked = self._rng.sample(list(pool.values()), min(k + 1, len(pool)))
+        return [p for p in picked if p is not me][:k]
 
     def scrape(
         self, info_hashes: Iterable[InfoHash] | None = None, *, now: float
@@ -248,12 +302,10 @@ class Swarm:
         return removed
 
     def _expire_torrent(self, torrent: _Torrent, now: float) -> int:
-        stale = [pid for pid, p in torrent.peers.items() if now - p.last_seen > self.peer_ttl]
-        for peer_id in stale:
-            del torrent.peers[peer_id]
+        stale = torrent.expire(now - self.peer_ttl, everyone=True)
         if stale:
             self._version += 1
-        return len(stale)
+        return stale
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready snapshot of the whole swarm (the dfile's content)."""
@@ -304,9 +356,11 @@ class Swarm:
             peers = where.get("peers", list)
             if len(peers) > swarm.max_peers_per_torrent:
                 raise TrackerError(f"{where.where}: more than {swarm.max_peers_per_torrent} peers")
-            for i, item in enumerate(peers):
-                record = _Reader(item, f"{where.where}.peers[{i}]").peer()
-                torrent.peers[record.peer_id] = record
+            records = [
+                _Reader(item, f"{where.where}.peers[{i}]").peer() for i, item in enumerate(peers)
+            ]
+            for record in sorted(records, key=lambda r: r.last_seen):  # oldest first
+                torrent.put(record)
             swarm._torrents[info_hash] = torrent
         return swarm
 
