@@ -176,7 +176,13 @@ def _add_tracker(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="INFO_HASH",
         help="serve this info_hash (hex); repeatable",
     )
-    t.add_argument("--interval", type=int, default=10, help="announce interval in seconds (10)")
+    t.add_argument(
+        "--interval",
+        type=int,
+        default=10,
+        help="announce interval in seconds (10); a swarm so big that it would announce "
+        "more than 250 times a second is given a longer one",
+    )
     t.add_argument("--pidfile", help="write the tracker's PID here")
     _add_lease_args(t)
     t.set_defaults(func=cmd_tracker)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from murder_core import bencoding
 from murder_core.errors import TrackerError
+from murder_core.tracker import swarm as swarm_module
 from murder_core.tracker.requests import AnnounceRequest, Event, ScrapeEntry, encode_announce
 from murder_core.tracker.swarm import Swarm, TorrentLabel
 from murder_core.values import InfoHash, PeerAddr, PeerId
@@ -422,6 +423,29 @@ def test_bad_options(options: dict[str, Any], message: str) -> None:
     with pytest.raises(TrackerError) as info:
         Swarm(**options)
     assert str(info.value) == message
+
+
+def test_a_big_swarm_is_told_to_announce_less_often_and_kept_as_long() -> None:
+    per_second = swarm_module.ANNOUNCES_PER_SECOND
+    s = swarm(interval=2, peer_ttl=11)
+    n = 5 * per_second  # at 2 s, 2.5x the announces a second the tracker asks for
+    replies = [s.announce(req(i, numwant=0), now=0.0) for i in range(n)]
+    assert replies[0].interval == 2 and replies[-1].interval == 5
+    assert {r.min_interval for r in replies} == {2}
+    # Told 5 s, a peer may miss three announces like one told 2 s: 11 + 3 * (5 - 2).
+    assert s.expire(now=20.0) == 0
+    assert s.expire(now=20.5) == n
+    # Shrunk back, the swarm hears the configured interval again, but whoever still
+    # waits out the long one is not dropped before it is due.
+    s = swarm(interval=2, peer_ttl=11)
+    for i in range(n):
+        s.announce(req(i, numwant=0), now=0.0)
+    for i in range(n - 2):
+        s.announce(req(i, event=Event.STOPPED), now=1.0)
+    assert s.announce(req(n - 2), now=4.0).interval == 2
+    assert s.expire(now=20.0) == 0  # peer n-1, told 5 s at 0.0
+    assert [p.peer_id for p in s.peers(TORRENT)] == [pid(n - 1), pid(n - 2)]
+    assert s.expire(now=20.5) == 1
 
 
 def test_version_moves_on_change_only() -> None:

@@ -21,6 +21,10 @@ DEFAULT_MIN_INTERVAL = 2
 DEFAULT_NUMWANT = 200
 #: Murder's tracker handed out up to 500 peers; more only costs bandwidth.
 MAX_NUMWANT = 500
+#: Announces a second one torrent's peers are asked for, at most: a swarm bigger than
+#: this many times the interval is told to announce less often (a deploy tracker's 2 s
+#: interval at 5,000 hosts would be 2,500 a second, a few CPU-seconds each second).
+ANNOUNCES_PER_SECOND = 250
 #: Caps so an open tracker cannot be made to grow without bound.
 MAX_PEERS_PER_TORRENT = 50_000
 MAX_TORRENTS = 10_000
@@ -67,6 +71,9 @@ class _Torrent:
     completed: int = 0
     # Who already counted toward ``completed``, so a re-sent event counts once.
     completed_by: set[PeerId] = field(default_factory=set)
+    # The longest interval handed out here: peers told to wait that long must not
+    # expire before they are due, even once the swarm has shrunk.
+    longest_interval: int = 0
 
     def counts(self) -> tuple[int, int]:
         return len(self.seeds), len(self.leeches)
@@ -170,7 +177,7 @@ class Swarm:
                     f"tracker already serves {self.max_torrents} torrents, the most it will"
                 )
             torrent = self._torrents[request.info_hash] = _Torrent()
-        if torrent.expire(now - self.peer_ttl, everyone=False):
+        if torrent.expire(now - self._ttl(torrent), everyone=False):
             self._version += 1
         self._version += 1
 
@@ -211,7 +218,19 @@ class Swarm:
         numwant = self.default_numwant if request.numwant is None else request.numwant
         chosen = self._choose(torrent, record, min(numwant, self.max_numwant))
         seeders, leechers = torrent.counts()
-        return AnnounceReply(self.interval, self.min_interval, seeders, leechers, chosen)
+        interval = self._interval(torrent)
+        return AnnounceReply(interval, self.min_interval, seeders, leechers, chosen)
+
+    def _interval(self, torrent: _Torrent) -> int:
+        """The configured interval, longer where the swarm would otherwise announce more
+        than ANNOUNCES_PER_SECOND times a second."""
+        interval = max(self.interval, -(-len(torrent.peers) // ANNOUNCES_PER_SECOND))
+        torrent.longest_interval = max(torrent.longest_interval, interval)
+        return interval
+
+    def _ttl(self, torrent: _Torrent) -> float:
+        # Three missed announces, as peer_ttl allows at the configured interval.
+        return self.peer_ttl + 3.0 * max(0, torrent.longest_interval - self.interval)
 
     def _choose(self, torrent: _Torrent, me: PeerRecord, numwant: int) -> tuple[ReplyPeer, ...]:
         seeders, leechers = len(torrent.seeds), len(torrent.leeches)
@@ -302,7 +321,7 @@ class Swarm:
         return removed
 
     def _expire_torrent(self, torrent: _Torrent, now: float) -> int:
-        stale = torrent.expire(now - self.peer_ttl, everyone=True)
+        stale = torrent.expire(now - self._ttl(torrent), everyone=True)
         if stale:
             self._version += 1
         return stale
