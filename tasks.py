@@ -100,6 +100,8 @@ def swarm(c: Context, peers: int = 5, size_mb: int = 64) -> None:
         "sweep": "cluster: also these N, comma-separated (e.g. 3,8,16,24)",
         "methods": "only these methods, comma-separated",
         "profile": "loopback: one more run of ours under py-spy",
+        "tracker": "announces a second our tracker answers, and its CPU per announce, "
+        "for swarms of 200, 1,000 and 5,000 fake peers, instead",
     }
 )
 def bench(
@@ -112,8 +114,13 @@ def bench(
     sweep: str = "",
     methods: str = "",
     profile: bool = False,
+    tracker: bool = False,
 ) -> None:
-    """Benchmarks: deploy methods on the local cluster against T_min, or --loopback."""
+    """Benchmarks: deploy methods on the local cluster against T_min; --loopback; --tracker."""
+    if tracker:
+        from murder_dev import bench_tracker
+
+        raise SystemExit(bench_tracker.main([]))
     if loopback:
         from murder_dev import bench_loopback
 
