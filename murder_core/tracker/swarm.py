@@ -177,9 +177,8 @@ class Swarm:
                     f"tracker already serves {self.max_torrents} torrents, the most it will"
                 )
             torrent = self._torrents[request.info_hash] = _Torrent()
-        if torrent.expire(now - self._ttl(torrent), everyone=False):
-            self._version += 1
-        self._version += 1
+        torrent.expire(now - self._ttl(torrent), everyone=False)
+        self._version += 1  # an announce always changes something (last_seen at least)
 
         record = PeerRecord(
             peer_id=request.peer_id,
