@@ -83,6 +83,10 @@ def make_executable(f: PayloadFile) -> None:
 
 #: Descriptors kept free for sockets, the log and the tracker connection.
 SPARE_DESCRIPTORS = 256
+#: The soft open-file limit asked for where the hard limit allows: every host of a
+#: fleet dials the seeder (the tracker hands it to each), and a soft limit of 1024 would
+#: leave the seeder refusing the thousandth with EMFILE.
+WANT_DESCRIPTORS = 65536
 
 
 def make_room_for_files(count: int) -> None:
@@ -90,7 +94,9 @@ def make_room_for_files(count: int) -> None:
 
     Every file of a payload stays open for the whole run (each block is one pread or
     pwrite), so a release of thousands of files needs more than the usual soft limit
-    of 1024. Raising the soft limit up to the hard one needs no privilege.
+    of 1024; so do the sockets of a seeder that a fleet of thousands dials. Raising the
+    soft limit up to the hard one needs no privilege: we ask for WANT_DESCRIPTORS, or
+    the hard limit if lower, and fail only when the files alone do not fit.
     """
     try:
         import resource
@@ -98,18 +104,23 @@ def make_room_for_files(count: int) -> None:
         return
     needed = _descriptors_in_use() + count + SPARE_DESCRIPTORS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    if hard != resource.RLIM_INFINITY and hard < needed:
+    infinite = resource.RLIM_INFINITY
+    if soft != infinite and soft < needed and hard != infinite and hard < needed:
         raise StorageError(
             f"the payload has {count} files, more than the open-file limit allows "
             f"(hard limit {hard}, {SPARE_DESCRIPTORS} kept for sockets): raise it "
             "(ulimit -Hn) or send the release as one tarball"
         )
+    target = max(needed, WANT_DESCRIPTORS)
+    if hard != infinite:
+        target = min(target, hard)
+    if soft == infinite or soft >= target:
+        return
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot raise the open-file limit to {needed}: {exc}") from exc
+        if soft < needed:
+            raise StorageError(f"cannot raise the open-file limit to {needed}: {exc}") from exc
 
 
 def _descriptors_in_use() -> int:

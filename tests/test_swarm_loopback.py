@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from murder_core.metainfo import read_metainfo
 from murder_dev.localswarm import LocalSwarm, make_payload, sha256
 
 pytestmark = pytest.mark.slow
@@ -177,3 +179,63 @@ def test_a_directory_keeps_its_executable_bits_through_the_swarm(tmp_path: Path)
     umask = os.umask(0)
     os.umask(umask)
     assert (target / "bin" / "app").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def _limit_open_files(soft: int) -> None:
+    import resource
+
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    )
+
+
+#: More peers than the 256 descriptors the engine used to keep spare beyond its files.
+FLEET = 400
+
+
+def test_a_seeder_started_with_a_low_open_file_limit_greets_a_fleet(tmp_path: Path) -> None:
+    """Every host of a fleet dials the seeder. Started with a soft limit of 64 open
+    files (1024 is common), it must still answer 400 peers holding their connections
+    open: it raises its soft limit toward the hard one, as it may unprivileged."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * FLEET:
+        pytest.skip(f"hard open-file limit {hard} is too low to show this")
+    if soft != resource.RLIM_INFINITY and soft < 2 * FLEET:  # this test's own sockets
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2 * FLEET, hard))
+    payload = make_payload(tmp_path / "release.bin", 1 << 20)
+    with LocalSwarm(tmp_path / "run", payload) as sw:
+        sw.start_tracker()
+        info_hash = read_metainfo(sw.make_torrent()).info_hash.raw
+        sw._spawn(
+            "seeder",
+            ["seed", str(sw.torrent), str(payload), "--ip", "127.0.0.1", "--bind", "127.0.0.1"],
+            preexec_fn=lambda: _limit_open_files(64),
+        )
+        sw.wait_for_seeders(1, timeout=60)
+        (seeder,) = _stats(sw.tracker_port)["torrents"][info_hash.hex()]["peers"]
+        deadline = time.monotonic() + 60
+        hello = b"\x13BitTorrent protocol" + bytes(8) + info_hash
+        socks: list[socket.socket] = []
+        try:
+            for i in range(FLEET):
+                sock = socket.create_connection(("127.0.0.1", seeder["port"]), timeout=10)
+                socks.append(sock)
+                sock.sendall(hello + b"-XX0001-%012d" % i)  # each a peer of its own
+            greeted = 0
+            for sock in socks:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                reply = b""
+                with contextlib.suppress(OSError):
+                    while len(reply) < 68:
+                        chunk = sock.recv(68 - len(reply))
+                        if not chunk:
+                            break
+                        reply += chunk
+                greeted += reply[:20] == hello[:20] and reply[28:48] == info_hash
+        finally:
+            for sock in socks:
+                sock.close()
+        assert greeted == FLEET, sw.log("seeder")[-1500:]
