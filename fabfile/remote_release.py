@@ -180,7 +180,6 @@ def _tarfile_class() -> type[tarfile.TarFile]:
                 self.kernel_copy and tarinfo.sparse is None and type(source) is io.BufferedReader
             ):
                 return super().makefile(tarinfo, targetpath)
-            assert source is not None
             start, end = tarinfo.offset_data, tarinfo.offset_data + tarinfo.size
             with open(targetpath, "wb") as target:
                 at = start

@@ -78,20 +78,23 @@ class _Torrent:
     def counts(self) -> tuple[int, int]:
         return len(self.seeds), len(self.leeches)
 
-    def put(self, record: PeerRecord) -> PeerRecord | None:
-        """Add or refresh ``record``; returns the peer's previous record, if any.
+    def evict(self, record: PeerRecord) -> PeerRecord | None:
+        """Remove what ``record`` replaces; returns the peer's previous record, if any.
 
         A peer restarted with a fresh peer_id on the same ip:port replaces its old
-        record; otherwise the ghost would be counted (and handed out) until it expires.
+        record too; otherwise the ghost would be counted (and handed out) until it expires.
         """
         previous = self.remove(record.peer_id)
         ghost = self.at.get((record.addr.ip, record.addr.port))
         if ghost is not None:
             self.remove(ghost)
+        return previous
+
+    def add(self, record: PeerRecord) -> None:
+        """Append ``record`` (newest announce last); ``evict`` it first."""
         self.peers[record.peer_id] = record
         (self.seeds if record.seeder else self.leeches)[record.peer_id] = record
         self.at[(record.addr.ip, record.addr.port)] = record.peer_id
-        return previous
 
     def remove(self, peer_id: PeerId) -> PeerRecord | None:
         record = self.peers.pop(peer_id, None)
@@ -189,23 +192,17 @@ class Swarm:
             last_seen=now,
             key=request.key,
         )
+        previous = torrent.evict(record)
         if request.event is Event.STOPPED:
-            torrent.remove(request.peer_id)
-            ghost = torrent.at.get((request.addr.ip, request.addr.port))
-            if ghost is not None:
-                torrent.remove(ghost)
             seeders, leechers = torrent.counts()
             return AnnounceReply(self.interval, self.min_interval, seeders, leechers, ())
 
-        known = request.peer_id in torrent.peers
-        if not known and len(torrent.peers) >= self.max_peers_per_torrent:
-            ghost = torrent.at.get((request.addr.ip, request.addr.port))
-            if ghost is None:
-                raise TrackerError(
-                    f"torrent {request.info_hash.hex} already has "
-                    f"{self.max_peers_per_torrent} peers, the most this tracker keeps"
-                )
-        previous = torrent.put(record)
+        if len(torrent.peers) >= self.max_peers_per_torrent:
+            raise TrackerError(
+                f"torrent {request.info_hash.hex} already has {self.max_peers_per_torrent} peers, "
+                "the most this tracker keeps"
+            )
+        torrent.add(record)
         finished = request.event is Event.COMPLETED or (previous is not None and previous.left > 0)
         if request.left == 0 and finished and request.peer_id not in torrent.completed_by:
             torrent.completed += 1
@@ -378,7 +375,8 @@ class Swarm:
                 _Reader(item, f"{where.where}.peers[{i}]").peer() for i, item in enumerate(peers)
             ]
             for record in sorted(records, key=lambda r: r.last_seen):  # oldest first
-                torrent.put(record)
+                torrent.evict(record)
+                torrent.add(record)
             swarm._torrents[info_hash] = torrent
         return swarm
 
