@@ -25,6 +25,7 @@ from paramiko.ssh_exception import NoValidConnectionsError, SSHException
 
 from fabfile.inventory import Host, Inventory
 from murder_core.errors import DeployError, HostError
+from murder_core.fdlimit import make_room
 
 __all__ = ["Connections", "HostError", "Outcome", "sh", "start_detached_script", "stop_script"]
 
@@ -41,6 +42,33 @@ BACKSTOP_SECONDS = 60
 TRANSFER_TIMEOUT = 600
 #: An SFTP transfer that receives nothing for this long has failed.
 SFTP_IDLE_TIMEOUT = 60
+#: Descriptors the workstation surely holds per host for a whole deploy: the SSH
+#: socket. A ProxyCommand adds three pipes; asking for far more than the count (see
+#: fdlimit) covers those where the hard limit allows.
+DESCRIPTORS_PER_HOST = 1
+#: Beside those: the release, its tarball, the pyz, logs and reports.
+SPARE_DESCRIPTORS = 64
+
+
+def make_room_for_hosts(count: int) -> None:
+    """Raise the open-file limit for ``count`` hosts' connections, or say why it can't.
+
+    Every connection stays open for the whole deploy, so with the usual soft limit of
+    1024 a fleet of about a thousand hosts would run out part-way: hosts failing to
+    connect with "Too many open files", or the deploy dying on a local open. Raising the
+    soft limit needs no privilege; a hard limit too low is refused before any host is
+    touched.
+    """
+    room = make_room(count * DESCRIPTORS_PER_HOST + SPARE_DESCRIPTORS)
+    if room.enough:
+        return
+    hard = f"hard limit {room.hard}" if room.hard >= 0 else "no hard limit"
+    raise DeployError(
+        f"{count} hosts need about {room.needed} open files on this workstation "
+        "(one SSH connection per host, open for the whole deploy), "
+        f"but the limit is {room.limit} ({hard}): raise it (ulimit -Hn; LimitNOFILE= "
+        "for a systemd service) or split the inventory"
+    )
 
 
 def sh(*argv: str) -> str:
@@ -173,6 +201,7 @@ class Connections:
         self._sftp_locks: Dict[str, threading.Lock] = {}
         #: SSH connections opened so far: one per host for a whole deploy, if all is well.
         self.opens = 0
+        make_room_for_hosts(len(inventory.all_hosts))
 
     def connection(self, name: str) -> Connection:
         with self._lock:

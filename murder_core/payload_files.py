@@ -14,6 +14,7 @@ import stat
 from typing import Protocol, Union
 
 from .errors import StorageError
+from .fdlimit import make_room
 from .metainfo import Metainfo
 
 StrPath = Union[str, "os.PathLike[str]"]
@@ -83,10 +84,6 @@ def make_executable(f: PayloadFile) -> None:
 
 #: Descriptors kept free for sockets, the log and the tracker connection.
 SPARE_DESCRIPTORS = 256
-#: The soft open-file limit asked for where the hard limit allows: every host of a
-#: fleet dials the seeder (the tracker hands it to each), and a soft limit of 1024 would
-#: leave the seeder refusing the thousandth with EMFILE.
-WANT_DESCRIPTORS = 65536
 
 
 def make_room_for_files(count: int) -> None:
@@ -94,40 +91,22 @@ def make_room_for_files(count: int) -> None:
 
     Every file of a payload stays open for the whole run (each block is one pread or
     pwrite), so a release of thousands of files needs more than the usual soft limit
-    of 1024; so do the sockets of a seeder that a fleet of thousands dials. Raising the
-    soft limit up to the hard one needs no privilege: we ask for WANT_DESCRIPTORS, or
-    the hard limit if lower, and fail only when the files alone do not fit.
+    of 1024; so do the sockets of a seeder that a fleet of thousands dials (hence
+    ``fdlimit`` asks for far more than the files). Fails only when the files alone do
+    not fit.
     """
-    try:
-        import resource
-    except ImportError:  # not Unix: nothing to raise, and the open itself will say
+    room = make_room(count + SPARE_DESCRIPTORS)
+    if room.enough:
         return
-    needed = _descriptors_in_use() + count + SPARE_DESCRIPTORS
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    infinite = resource.RLIM_INFINITY
-    if soft != infinite and soft < needed and hard != infinite and hard < needed:
+    if room.hard >= 0 and room.hard < room.needed:
         raise StorageError(
             f"the payload has {count} files, more than the open-file limit allows "
-            f"(hard limit {hard}, {SPARE_DESCRIPTORS} kept for sockets): raise it "
+            f"(hard limit {room.hard}, {SPARE_DESCRIPTORS} kept for sockets): raise it "
             "(ulimit -Hn) or send the release as one tarball"
         )
-    target = max(needed, WANT_DESCRIPTORS)
-    if hard != infinite:
-        target = min(target, hard)
-    if soft == infinite or soft >= target:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (OSError, ValueError) as exc:
-        if soft < needed:
-            raise StorageError(f"cannot raise the open-file limit to {needed}: {exc}") from exc
-
-
-def _descriptors_in_use() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:  # no /proc: count on the spare ones
-        return 0
+    raise StorageError(
+        f"cannot raise the open-file limit to {room.needed} (it stays at {room.limit})"
+    )
 
 
 def join_inside(root: pathlib.Path, parts: tuple[str, ...]) -> pathlib.Path:

@@ -563,6 +563,50 @@ def test_map_skips_hosts_that_could_not_connect() -> None:
         conns.run("p2", "true")
 
 
+_CONNECTIONS_FOR_300 = """
+import resource
+from fabric import Config
+from fabfile.inventory import parse_inventory
+from fabfile.remote import Connections
+from murder_core.errors import DeployError
+inv = parse_inventory("[peers]\\n" + "\\n".join(f"p{i}" for i in range(300)) + "\\n")
+try:
+    Connections(inv, Config())
+except DeployError as exc:
+    print("refused:", exc)
+else:
+    print("soft:", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+@pytest.mark.parametrize(
+    "hard, expected",
+    [
+        (2000, "soft: 2000"),
+        (200, "refused: 300 hosts need about 3"),
+    ],
+)
+def test_connections_make_room_for_every_hosts_socket(hard: int, expected: str) -> None:
+    """A soft limit of 100 would run out part-way through opening 300 connections."""
+    import resource
+
+    _, ours = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if ours != resource.RLIM_INFINITY and ours < hard:
+        pytest.skip(f"needs a hard open-file limit of at least {hard}, not {ours}")
+    out = subprocess.run(
+        [sys.executable, "-c", _CONNECTIONS_FOR_300],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard)),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(expected), out.stdout
+    if hard == 200:
+        assert "but the limit is 200 (hard limit 200): raise it (ulimit -Hn" in out.stdout
+
+
 # -- report -------------------------------------------------------------------------
 def _report() -> DeployReport:
     report = DeployReport(tag="v1", info_hash="ab" * 20, payload_bytes=200_000_000, seconds=12.34)
