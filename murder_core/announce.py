@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 import urllib.parse
 from typing import Any
 
@@ -25,6 +26,8 @@ MAX_PEERS_PER_REPLY = 1000
 AUTH_TOKEN_BYTES = 16
 
 USER_AGENT = f"murder/{__version__}"
+#: The longest wait between two tries of a failed announce.
+RETRY_CAP = 15.0
 
 
 @record
@@ -175,6 +178,17 @@ def parse_reply(body: bytes) -> AnnounceReply:
         incomplete=_int_field(reply, b"incomplete", None),
         warning=warning.decode("utf-8", "replace") if isinstance(warning, bytes) else None,
     )
+
+
+def retry_delay(failures: int, rng: random.Random) -> float:
+    """Seconds to wait after the ``failures``-th failed announce in a row.
+
+    Doubling up to RETRY_CAP, each wait drawn from the upper half of its step: a fleet
+    whose first announces failed together (a tracker swamped by all of them at once)
+    must not come back all at once again.
+    """
+    ceiling = min(2.0 ** max(failures, 1), RETRY_CAP)
+    return rng.uniform(ceiling / 2, ceiling)
 
 
 async def fetch_async(url: str, timeout: float) -> AnnounceReply:

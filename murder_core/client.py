@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import time
 from typing import Callable
@@ -99,6 +100,7 @@ class Client:
         self.meta = read_metainfo(config.torrent)
         self.peer_id = make_peer_id()
         self.key = os.urandom(4).hex()
+        self._rng = random.Random()  # seeded from the OS: each host its own retry times
         self.progress = Progress(self.meta.name, quiet=config.quiet, every=config.status_every)
         self.storage = open_storage(config, self.meta, self.progress)
         self.session = Session(
@@ -183,7 +185,7 @@ class Client:
                     )
                     return
                 log.warning("announce failed (%s); retrying", exc)
-                await self._wait(min(2.0**failures, 15.0), self._stop)
+                await self._wait(announce.retry_delay(failures, self._rng), self._stop)
                 continue
             failures = 0
             self._announced_ok = True

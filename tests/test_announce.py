@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import random
 import urllib.parse
 
 import pytest
 
 from murder_core import bencoding
-from murder_core.announce import announce_query, parse_reply
+from murder_core.announce import RETRY_CAP, announce_query, parse_reply, retry_delay
 from murder_core.errors import TrackerError
 from murder_core.values import PeerAddr
 
@@ -73,3 +74,19 @@ def test_bad_replies_raise_tracker_error(body: bytes, message: str) -> None:
     with pytest.raises(TrackerError) as info:
         parse_reply(body)
     assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("failures", "low", "high"), [(1, 1, 2), (2, 2, 4), (3, 4, 8), (9, 7.5, 15)]
+)
+def test_retry_delay_doubles_up_to_the_cap(failures: int, low: float, high: float) -> None:
+    rng = random.Random(failures)
+    delays = [retry_delay(failures, rng) for _ in range(200)]
+    assert all(low <= d <= high <= RETRY_CAP for d in delays)
+
+
+def test_retries_of_a_fleet_that_failed_together_spread_out() -> None:
+    """Two hundred hosts each with their own generator, all at their third failure."""
+    delays = sorted(retry_delay(3, random.Random(host)) for host in range(200))
+    assert delays[-1] - delays[0] > 3  # over most of the 4..8 s step, not one instant
+    assert len(set(delays)) == 200

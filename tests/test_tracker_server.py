@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -390,21 +391,73 @@ def test_slowloris_does_not_block_others_and_is_cut_off(
     assert t.announce(n=2)[b"incomplete"] == 2
 
 
-def test_connections_over_the_cap_are_closed_until_slots_free_up(
+def _hold_slots(t: Tracker, count: int) -> list[socket.socket]:
+    """Connections that send half a request head and hold a slot until cut off."""
+    host, port = t.server.address
+    held = [socket.create_connection((host, port), timeout=30) for _ in range(count)]
+    for sock in held:
+        sock.sendall(b"GET /stats")
+    return held
+
+
+def test_a_connection_over_the_cap_waits_for_a_slot(
     make_tracker: Callable[..., Tracker],
 ) -> None:
-    t = make_tracker({"max_connections": 2})
-    host, port = t.server.address
-    slow = [socket.create_connection((host, port), timeout=10) for _ in range(2)]
-    for sock in slow:
-        sock.sendall(b"GET /stats")
+    """Both slots held by clients that never finish their head: a third request is
+    answered once the head deadline cuts them off, not refused at once."""
+    t = make_tracker({"max_connections": 2, "request_timeout": 1.0})
+    held = _hold_slots(t, 2)
     try:
-        # Accepts happen in order, so the two slow ones hold both slots by now.
-        assert raw_exchange(t, b"GET /stats.json HTTP/1.0\r\n\r\n") == b""
+        reply = raw_exchange(t, b"GET /stats.json HTTP/1.0\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.0 200"), reply[:80]
+        assert [receive_until_closed(sock) for sock in held] == [b"", b""]  # cut, no reply
     finally:
-        for sock in slow:
+        for sock in held:
             sock.close()
-    assert wait_for(lambda: raw_exchange(t, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200"))
+
+
+def test_a_burst_of_announces_past_the_cap_is_answered_in_full(
+    make_tracker: Callable[..., Tracker],
+) -> None:
+    """A fleet's first announces come at once: 300 clients against 4 slots all get their
+    peers. With over-cap connections closed at once, most got an empty reply."""
+    t = make_tracker({"max_connections": 4})
+    replies: list[bytes] = []
+    lock = threading.Lock()
+
+    def announce(n: int) -> None:
+        request = f"GET /announce?{announce_query(HASH, n)} HTTP/1.0\r\n\r\n".encode()
+        reply = raw_exchange(t, request)
+        with lock:
+            replies.append(reply)
+
+    threads = [threading.Thread(target=announce, args=(n,)) for n in range(1, 301)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(replies) == 300
+    assert [r[:12] for r in replies if not r.startswith(b"HTTP/1.0 200")] == []
+    assert t.stats()["torrents"][HASH.hex]["leechers"] == 300
+
+
+def test_stop_does_not_wait_for_a_slot(make_tracker: Callable[..., Tracker]) -> None:
+    """The accept loop waiting for a slot still notices a stop, long before the slow
+    client holding that slot reaches its 60 s head deadline (a hang check, not a timing)."""
+    t = make_tracker({"max_connections": 1, "request_timeout": 60.0})
+    host, port = t.server.address
+    held = _hold_slots(t, 1)
+    waiting = socket.create_connection((host, port), timeout=30)
+    try:
+        waiting.sendall(b"GET /stats.json HTTP/1.0\r\n\r\n")
+        time.sleep(0.2)  # the accept loop is now waiting for the held slot
+        stopper = threading.Thread(target=t.server.stop)
+        stopper.start()
+        stopper.join(30)
+        assert not stopper.is_alive(), "stop() waited for the slot"
+    finally:
+        waiting.close()
+        held[0].close()
 
 
 def test_bind_failure_is_a_tracker_error(make_tracker: Callable[..., Tracker]) -> None:

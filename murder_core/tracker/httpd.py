@@ -3,8 +3,9 @@
 Why threads and not asyncio: a tracker request is one short line in and a few hundred
 bytes out, the swarm is a plain object behind one lock, and the stdlib server already
 parses HTTP. What it lacks we add here: a byte budget and one wall-clock deadline for
-the whole request head (a slowloris client cannot hold a thread past it), a cap on open
-connections, bencoded error bodies (405 for non-GET), and bind errors as TrackerError.
+the whole request head (a slowloris client cannot hold a thread past it), a cap on
+connections served at once (more wait their turn), bencoded error bodies (405 for
+non-GET), and bind errors as TrackerError.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ from .requests import encode_failure, redact
 REQUEST_TIMEOUT = 10.0
 #: ... and fit in this many bytes (the query itself is capped at 4 KiB by requests.py).
 MAX_HEAD_BYTES = 16 * 1024
-#: Connections beyond this are closed at once rather than given a thread.
+#: Connections served at once, each on a thread; more wait for a slot (see HTTPServer).
 MAX_CONNECTIONS = 256
+#: Connections the kernel holds for us, accepted or not, while every slot is taken: a
+#: fleet's first announces all come within a second or two. Linux caps it at somaxconn.
+LISTEN_BACKLOG = 4096
+#: Seconds between looks at the shutdown flag while waiting for a slot.
+SLOT_POLL = 0.05
 BENCODE_TYPE = "text/plain"
 
 
@@ -173,7 +179,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(
         self, responder: Responder, family: int, address: Any, timeout: float, max_connections: int
@@ -182,6 +188,7 @@ class HTTPServer(ThreadingHTTPServer):
         self.responder = responder
         self.request_timeout = timeout
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._closing = threading.Event()
         super().__init__(address, Handler, bind_and_activate=False)
 
     def server_bind(self) -> None:
@@ -195,7 +202,12 @@ class HTTPServer(ThreadingHTTPServer):
         self.server_name, self.server_port = str(host), int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        # With every slot taken, wait: a slot frees within the head deadline, since a
+        # request holds one only while its head arrives and its short reply goes out.
+        # Closing at once instead turned a burst of announces (a fleet starting) into
+        # seconds of client backoff and a second burst. Meanwhile later connections wait
+        # in the listen backlog, unaccepted, which costs us nothing.
+        if not self._wait_for_slot():
             self.shutdown_request(request)
             return
         try:
@@ -203,6 +215,20 @@ class HTTPServer(ThreadingHTTPServer):
         except BaseException:
             self._slots.release()
             raise
+
+    def _wait_for_slot(self) -> bool:
+        deadline = time.monotonic() + self.request_timeout
+        while not self._closing.is_set():
+            # In short waits: shutdown() must not wait a whole head deadline for this loop.
+            if self._slots.acquire(timeout=SLOT_POLL):
+                return True
+            if time.monotonic() >= deadline:
+                break
+        return False
+
+    def shutdown(self) -> None:
+        self._closing.set()
+        super().shutdown()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver would print a traceback to stderr. A client hanging up mid-reply
