@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import random
 import urllib.parse
 from typing import Any
 
 from . import __version__, bencoding, httpget
-from .errors import BencodeError, MetainfoError, TrackerError
+from .errors import BencodeError, MetainfoError, TrackerBusyError, TrackerError
 from .records import record
 from .values import PeerAddr
 
@@ -201,12 +202,15 @@ async def fetch_async(url: str, timeout: float) -> AnnounceReply:
         raise _status_error(exc.code, exc.body) from None
     except httpget.HttpProtocolError as exc:
         raise TrackerError(f"tracker {_origin(url)} sent a bad reply: {exc}") from None
+    except httpget.NoReply as exc:
+        raise TrackerBusyError(f"tracker {_origin(url)} is busy: {exc}") from None
     except (TimeoutError, asyncio.TimeoutError):  # the same class only from Python 3.11 on
         raise TrackerError(
-            f"cannot reach tracker {_origin(url)}: no reply within {timeout:g} s"
+            f"cannot reach tracker {_origin(url)}: no connection within {timeout:g} s"
         ) from None
     except OSError as exc:
-        reason = exc.strerror or exc
+        # asyncio's connect errors say "Connect call failed (...)" in place of strerror.
+        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or exc
         raise TrackerError(f"cannot reach tracker {_origin(url)}: {reason}") from None
     return _reply_of(body)
 

@@ -43,6 +43,16 @@ def _rate(text: str) -> float:
     return rate
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return seconds
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -91,7 +101,16 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=60.0,
         metavar="SECS",
-        help="fail when the tracker never answered for this long (60)",
+        help="fail when the tracker has not answered yet and took no connection for this "
+        "long (60); a tracker that takes connections but answers late (busy with a whole "
+        "fleet's announces) is waited for, up to --timeout",
+    )
+    p.add_argument(
+        "--announce-timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECS",
+        help="seconds one announce may take before it is tried again (10)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
@@ -408,6 +427,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         linger=getattr(args, "linger", 0.0),
         timeout=getattr(args, "timeout", 0.0),
         tracker_timeout=args.tracker_timeout,
+        announce_timeout=args.announce_timeout,
         quiet=args.quiet,
         lazy_check=getattr(args, "lazy_check", False),
         lease=_lease(args),

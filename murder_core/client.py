@@ -16,7 +16,7 @@ import time
 from typing import Callable
 
 from . import __version__, announce
-from .errors import DownloadError, MurderError, StorageError, TrackerError
+from .errors import DownloadError, MurderError, StorageError, TrackerBusyError, TrackerError
 from .lease import Lease
 from .metainfo import Metainfo, read_metainfo
 from .peer import MURDER_PEER_ID_PREFIX, PeerLink
@@ -169,16 +169,22 @@ class Client:
     async def _announcer(self) -> None:
         """Announce ``started``, then on the tracker's interval; retry with backoff."""
         loop = asyncio.get_running_loop()
-        first_try = time.monotonic()
+        # Until the first answer, tracker_timeout counts from the last sign that the
+        # tracker is there at all: a connection it took but answered too late (a whole
+        # fleet announcing at once) is such a sign, and worth waiting on; a tracker that
+        # takes no connection for that long is down or out of reach.
+        there_at = time.monotonic()
         failures = 0
         while not self._stop.is_set():
             try:
                 reply = await self._announce_once(self._event, self.config.announce_timeout)
             except TrackerError as exc:
                 failures += 1
-                if (
+                if isinstance(exc, TrackerBusyError):
+                    there_at = time.monotonic()
+                elif (
                     not self._announced_ok
-                    and time.monotonic() - first_try > self.config.tracker_timeout
+                    and time.monotonic() - there_at > self.config.tracker_timeout
                 ):
                     self._fail(
                         TrackerError(f"{exc} (gave up after {self.config.tracker_timeout:.0f} s)")

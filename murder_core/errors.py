@@ -73,6 +73,10 @@ class TrackerError(MurderError):
     exit_code = 4
 
 
+class TrackerBusyError(TrackerError):
+    """The tracker accepted our connection but did not answer in time: it is there, busy."""
+
+
 class TrackerRequestError(TrackerError):
     """A malformed or hostile request sent to our tracker; it answers HTTP 400.
 

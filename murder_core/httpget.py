@@ -28,16 +28,26 @@ class HttpProtocolError(Exception):
     """The reply is not HTTP we understand."""
 
 
+class NoReply(Exception):
+    """The server took the connection but its whole reply did not come in time."""
+
+
 async def get(url: str, timeout: float, limit: int, user_agent: str) -> bytes:
     """The body of ``url`` (at most ``limit`` + 1 bytes, so the caller can tell it was cut).
 
-    Raises HttpStatus, HttpProtocolError, OSError, or asyncio.TimeoutError (the whole
-    exchange is bounded by ``timeout``).
+    Raises HttpStatus, HttpProtocolError, OSError, NoReply (connected, then ``timeout``
+    ran out), or asyncio.TimeoutError (``timeout`` ran out before we connected).
     """
-    return await asyncio.wait_for(_get(url, limit, user_agent), timeout)
+    connected: list[bool] = []
+    try:
+        return await asyncio.wait_for(_get(url, limit, user_agent, connected), timeout)
+    except (TimeoutError, asyncio.TimeoutError):  # one class only from Python 3.11 on
+        if connected:
+            raise NoReply(f"connected, but no reply within {timeout:g} s") from None
+        raise
 
 
-async def _get(url: str, limit: int, user_agent: str) -> bytes:
+async def _get(url: str, limit: int, user_agent: str, connected: list[bool]) -> bytes:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise HttpProtocolError(f"not an http:// URL: {parts.scheme}://{parts.netloc}")
@@ -45,6 +55,7 @@ async def _get(url: str, limit: int, user_agent: str) -> bytes:
     reader, writer = await asyncio.open_connection(
         parts.hostname, parts.port or 80, limit=MAX_HEAD_BYTES
     )
+    connected.append(True)
     try:
         # HTTP/1.0 and Connection: close: the body ends where the connection does, and
         # a server may not answer in chunks.

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from murder_core import announce, bencoding
-from murder_core.errors import TrackerError
+from murder_core.errors import TrackerBusyError, TrackerError
 
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 PEERS = bencoding.encode({b"interval": 30, b"peers": b"\x7f\x00\x00\x01\x1a\xe1"})
@@ -108,7 +108,8 @@ def test_a_tracker_that_never_answers_times_out() -> None:
         await asyncio.sleep(5)
 
     err = _serve(silent, timeout=0.3)
-    assert isinstance(err, TrackerError) and "no reply within 0.3 s" in str(err)
+    assert isinstance(err, TrackerBusyError), err
+    assert str(err).endswith("is busy: connected, but no reply within 0.3 s")
 
 
 def test_a_closed_port_is_named_with_the_reason() -> None:
@@ -116,5 +117,31 @@ def test_a_closed_port_is_named_with_the_reason() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: connections are refused
         url = f"http://127.0.0.1:{port}/announce"
-        with pytest.raises(TrackerError, match=rf"cannot reach tracker http://127.0.0.1:{port}: "):
+        with pytest.raises(TrackerError) as info:
             asyncio.run(announce.fetch_async(url, 5.0))
+    assert str(info.value) == f"cannot reach tracker http://127.0.0.1:{port}: Connection refused"
+    assert not isinstance(info.value, TrackerBusyError)
+
+
+def test_a_tracker_that_takes_no_connection_is_not_busy_but_unreachable() -> None:
+    """A listener whose accept queue is full drops further SYNs: the connect itself
+    times out, which says nothing about the tracker being there."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(0)
+        port = s.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(8):  # more than any kernel queues for a backlog of 0
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            url = f"http://127.0.0.1:{port}/announce"
+            with pytest.raises(TrackerError) as info:
+                asyncio.run(announce.fetch_async(url, 0.5))
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert str(info.value).endswith(": no connection within 0.5 s")
+    assert not isinstance(info.value, TrackerBusyError)

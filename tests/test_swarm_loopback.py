@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -239,3 +241,76 @@ def test_a_seeder_started_with_a_low_open_file_limit_greets_a_fleet(tmp_path: Pa
             for sock in socks:
                 sock.close()
         assert greeted == FLEET, sw.log("seeder")[-1500:]
+
+
+class BusyThenOpen:
+    """A tracker's port as a whole fleet's first announces leave it: every connection is
+    taken at once and none answered for ``busy`` seconds; after that each request is
+    relayed to the real tracker on ``upstream``."""
+
+    def __init__(self, upstream: int, busy: float) -> None:
+        self.upstream = upstream
+        self.opens_at = time.monotonic() + busy
+        self.held: list[socket.socket] = []
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            if time.monotonic() < self.opens_at:
+                self.held.append(conn)  # taken, never answered
+            else:
+                threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        with conn, socket.create_connection(("127.0.0.1", self.upstream), timeout=10) as up:
+            conn.settimeout(10)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            up.sendall(head)
+            while chunk := up.recv(65536):
+                conn.sendall(chunk)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_busy_tracker_is_waited_for_past_the_tracker_timeout(tmp_path: Path) -> None:
+    """A tracker that takes connections but answers none for 4 s (a fleet announcing at
+    once) is busy, not gone: peers with --tracker-timeout 1 keep trying and download.
+    Giving up after --tracker-timeout whatever the failure, they exited 4 at ~2.5 s."""
+    payload = make_payload(tmp_path / "release.bin", 2 * 1024 * 1024)
+    with LocalSwarm(tmp_path / "run", payload) as sw:
+        real = sw.start_tracker()
+        gate = BusyThenOpen(real, busy=4.0)
+        try:
+            sw.tracker_port = gate.port  # the torrent announces through the gate
+            sw.make_torrent()
+            patience = ("--tracker-timeout", "1", "--announce-timeout", "0.5")
+            sw.start_seeder(*patience)
+            target = tmp_path / "p" / "release.bin"
+            sw.start_peer("peer", target, *patience, "--linger", "0", "--timeout", "60")
+            codes = sw.wait(["peer"], timeout=90)
+            log = sw.log("peer")
+            assert codes == {"peer": 0}, log[-2000:]
+            assert "is busy: connected, but no reply within 0.5 s" in log
+            assert sha256(target) == sha256(payload)
+            assert len(gate.held) >= 2  # both were turned away at least once
+        finally:
+            gate.close()
