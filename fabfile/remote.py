@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, TypeVar
 
 from fabric import Config, Connection  # type: ignore[import-untyped]
-from fabric.runners import Remote  # type: ignore[import-untyped]
-from invoke.exceptions import CommandTimedOut
 from paramiko import RejectPolicy
 from paramiko.ssh_exception import NoValidConnectionsError, SSHException
 
 from fabfile.inventory import Host, Inventory
+from fabfile.remote_exec import CommandTimeout, Result, run_command
 from murder_core.errors import DeployError, HostError
 from murder_core.fdlimit import make_room
 
@@ -122,23 +121,6 @@ def _expand_known_hosts(value: str, user: str, host: str) -> List[str]:
     return paths
 
 
-class EventRemote(Remote):  # type: ignore[misc]
-    """Fabric's runner, woken when the command ends instead of polling for it.
-
-    Invoke's ``Runner.wait`` looks every 10 ms: with a download running on each of 16
-    hosts, the deploying process woke 1,600 times a second and spent about a tenth of
-    a core doing it, on the bench's machine the same cores the swarm runs on. The
-    channel sets ``status_event`` when the exit status arrives or it closes (a timeout
-    closes it too); the reader threads, the other way ``wait`` ends, are looked at
-    every ``THREADS_EVERY`` seconds."""
-
-    THREADS_EVERY = 0.1
-
-    def wait(self) -> None:
-        while not (self.process_is_finished or self.has_dead_threads):
-            self.channel.status_event.wait(self.THREADS_EVERY)
-
-
 def make_connection(host: Host, config: Config, connect_timeout: int) -> Connection:
     """A fabric Connection for ``host`` that honours ssh_config and known_hosts strictly.
 
@@ -156,7 +138,6 @@ def make_connection(host: Host, config: Config, connect_timeout: int) -> Connect
         connect_timeout=connect_timeout,
         connect_kwargs=kwargs or None,
     )
-    conn.config.runners.remote = EventRemote
     if host.address:
         conn.host = host.address
     ssh_conf = conn.ssh_config
@@ -241,7 +222,7 @@ class Connections:
         *,
         timeout: Optional[float] = None,
         check: bool = True,
-    ) -> Any:
+    ) -> Result:
         """Run ``script`` under ``sh -c`` on host ``name``; HostError unless it exits 0.
 
         The login shell of the remote user may not be POSIX (fish, csh): wrapping in
@@ -249,27 +230,22 @@ class Connections:
         """
         conn = self.connection(name)
         limit = self.command_timeout if timeout is None else timeout
-        begun = time.monotonic()
         try:
             result = interruptible(
-                lambda: conn.run(
+                lambda: run_command(
+                    conn.transport,
                     "sh -c " + shlex.quote(script),
-                    hide=True,
-                    warn=True,
-                    in_stream=False,
-                    timeout=limit,
+                    limit,
+                    conn.transport.channel_timeout,
                 ),
                 limit + BACKSTOP_SECONDS,
             )
-        except CommandTimedOut as exc:
-            raise HostError(name, f"command timed out after {limit:g}s") from exc
+        except CommandTimeout as exc:
+            raise HostError(name, str(exc)) from exc
         except TimeoutError as exc:
             raise HostError(name, f"command timed out: {exc}") from exc
         except (SSHException, OSError, EOFError) as exc:
             raise HostError(name, f"ssh: {type(exc).__name__}: {exc}") from exc
-        if result.exited == -1 and time.monotonic() - begun >= limit - 1:
-            # Invoke reports its timeout this way when the channel died before it fired.
-            raise HostError(name, f"command timed out after {limit:g}s")
         if check and result.exited != 0:
             detail = last_line(result.stderr) or last_line(result.stdout)
             raise HostError(name, f"exit {result.exited}: {detail}")
