@@ -35,27 +35,33 @@ class NoReply(Exception):
 async def get(url: str, timeout: float, limit: int, user_agent: str) -> bytes:
     """The body of ``url`` (at most ``limit`` + 1 bytes, so the caller can tell it was cut).
 
-    Raises HttpStatus, HttpProtocolError, OSError, NoReply (connected, then ``timeout``
-    ran out), or asyncio.TimeoutError (``timeout`` ran out before we connected).
+    Raises HttpStatus, HttpProtocolError, OSError, asyncio.TimeoutError (``timeout`` ran
+    out before we connected) or NoReply (we connected, then ``timeout`` ran out).
     """
-    connected: list[bool] = []
-    try:
-        return await asyncio.wait_for(_get(url, limit, user_agent, connected), timeout)
-    except (TimeoutError, asyncio.TimeoutError):  # one class only from Python 3.11 on
-        if connected:
-            raise NoReply(f"connected, but no reply within {timeout:g} s") from None
-        raise
-
-
-async def _get(url: str, limit: int, user_agent: str, connected: list[bool]) -> bytes:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise HttpProtocolError(f"not an http:// URL: {parts.scheme}://{parts.netloc}")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    reader, writer = await asyncio.open_connection(
-        parts.hostname, parts.port or 80, limit=MAX_HEAD_BYTES
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(parts.hostname, parts.port or 80, limit=MAX_HEAD_BYTES), timeout
     )
-    connected.append(True)
+    try:
+        return await asyncio.wait_for(
+            _exchange(parts, reader, writer, limit, user_agent), deadline - loop.time()
+        )
+    except (TimeoutError, asyncio.TimeoutError):  # one class only from Python 3.11 on
+        raise NoReply(f"connected, but no reply within {timeout:g} s") from None
+
+
+async def _exchange(
+    parts: urllib.parse.SplitResult,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    limit: int,
+    user_agent: str,
+) -> bytes:
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         # HTTP/1.0 and Connection: close: the body ends where the connection does, and
         # a server may not answer in chunks.
