@@ -51,19 +51,17 @@ def run_command(transport: Any, command: str, timeout: float, open_timeout: floa
         channel.exec_command(command)
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
-        while not channel.status_event.is_set():
+        # Done at the exit status and the output's EOF (or the channel's close): sshd may
+        # send the status before output still held back by the window.
+        while not (channel.status_event.is_set() and (channel.eof_received or channel.closed)):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise CommandTimeout(f"command timed out after {timeout:g}s")
-            channel.status_event.wait(min(left, DRAIN_EVERY))
+            if channel.status_event.is_set():
+                time.sleep(min(left, EOF_POLL))  # the rest of the output is on its way
+            else:
+                channel.status_event.wait(min(left, DRAIN_EVERY))
             _drain(channel, out, err)
-        # sshd may send the exit status before output still held back by the window:
-        # the output ends at EOF (or the channel's close), which follows it shortly.
-        while not (channel.eof_received or channel.closed):
-            if time.monotonic() >= deadline:
-                raise CommandTimeout(f"command timed out after {timeout:g}s")
-            _drain(channel, out, err)
-            time.sleep(EOF_POLL)
         _drain(channel, out, err)  # the transport thread queued the data before the EOF
         return Result(
             channel.recv_exit_status(),
