@@ -45,6 +45,16 @@ _keep_murder_task_names()
 
 murder = Collection.from_module(murder_tasks, name="murder", auto_dash_names=False)
 ns = Collection(deploy, rollback_task, murder, auto_dash_names=False)
-ns.configure({"murder": copy.deepcopy(DEFAULTS)})
+# Booleans go in as strings: Invoke casts an environment string onto a bool default as
+# "anything but '' or '0' is true", so FABRIC_MURDER_COMPRESS=false would turn gzip ON.
+# Onto a string default it passes the text through, and Settings parses it strictly.
+ns.configure(
+    {
+        "murder": {
+            k: ("true" if v else "false") if isinstance(v, bool) else copy.deepcopy(v)
+            for k, v in DEFAULTS.items()
+        }
+    }
+)
 
 __all__ = ["DEFAULTS", "Settings", "ns", "run_deploy", "run_rollback", "settings_from_config"]

@@ -45,6 +45,7 @@ from fabfile.teardown import TEARDOWN_TIMEOUT, EarlyTeardown, teardown
 from fabfile.torrent import (
     download_manifest,
     download_torrent,
+    download_unpack_map,
     make_payload,
     make_torrent,
     publish_torrent,
@@ -265,7 +266,8 @@ def _deploy(
             make_payload(conns, settings)
             path_is_file, source = settings.path_is_file, settings.files_path
         _mark(report, started, "payload")
-        info_hash = make_torrent(conns, settings)
+        unpack = settings.unpacks(path_is_file)
+        info_hash = make_torrent(conns, settings, unpack_map=unpack)
         tracker = tracker_started.result()
     print(f"tracker on {inv.tracker.name} ({tracker})", file=out)
     local_torrent = download_torrent(conns, settings)
@@ -273,8 +275,12 @@ def _deploy(
     report.info_hash, report.payload_bytes = info_hash, meta.total_length
 
     def hand_out() -> Dict[str, Outcome[None]]:
-        manifest = download_manifest(conns, settings) if settings.tree else None
-        return upload_torrents(conns, settings, local_torrent, list(live), manifest)
+        companion = None
+        if settings.tree:
+            companion = (download_manifest(conns, settings), settings.manifest)
+        elif unpack:
+            companion = (download_unpack_map(conns, settings), settings.unpack_map)
+        return upload_torrents(conns, settings, local_torrent, list(live), companion)
 
     # The peers get their copy while the seeder starts: no peer starts before both.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -334,7 +340,7 @@ def _deploy(
             if not watch.begin(host):
                 raise HostError(host, f"murder peer not started: {watch.verdict}")
             try:
-                fetched = download(conns, settings, host)
+                fetched = download(conns, settings, host, unpack)
             except HostError:
                 if watch.verdict is not None:
                     raise HostError(host, f"murder peer stopped: {watch.verdict}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from fabfile.remote import Connections, HostError, Outcome, last_line, sh, stop_script
 from fabfile.settings import Settings
@@ -40,13 +40,21 @@ def describe_exit(code: int) -> str:
     return f"failed (exit {code})"
 
 
+#: A file made on the seeder that peers need beside the .torrent: (local copy, remote path).
+Companion = Tuple[Path, str]
+
+
 def upload_torrent(
-    conns: Connections, settings: Settings, local: Path, host: str, manifest: Optional[Path] = None
+    conns: Connections,
+    settings: Settings,
+    local: Path,
+    host: str,
+    companion: Optional[Companion] = None,
 ) -> None:
     conns.run(host, f"mkdir -p -m 700 {sh(settings.temp_path)}")
     conns.put(host, str(local), settings.torrent)
-    if manifest is not None:
-        conns.put(host, str(manifest), settings.manifest)
+    if companion is not None:
+        conns.put(host, str(companion[0]), companion[1])
 
 
 def upload_torrents(
@@ -54,19 +62,19 @@ def upload_torrents(
     settings: Settings,
     local: Path,
     hosts: Sequence[str],
-    manifest: Optional[Path] = None,
+    companion: Optional[Companion] = None,
 ) -> Dict[str, Outcome[None]]:
-    """Copy the .torrent (and a tree's manifest) to every peer in parallel.
+    """Copy the .torrent (and a tree's manifest or a tarball's map) to every peer in parallel.
 
     The seeder made both and has them already."""
     seeder = conns.inventory.seeder.name
     return conns.map(
         hosts,
-        lambda h: None if h == seeder else upload_torrent(conns, settings, local, h, manifest),
+        lambda h: None if h == seeder else upload_torrent(conns, settings, local, h, companion),
     )
 
 
-def peer_script(settings: Settings, ip: str) -> str:
+def peer_script(settings: Settings, ip: str, unpack: bool = False) -> str:
     """``exec`` keeps our pid, so the fg pidfile names the engine's parent process."""
     argv = [
         *settings.python_argv,
@@ -88,20 +96,23 @@ def peer_script(settings: Settings, ip: str) -> str:
         str(settings.peer_timeout),
         "--quiet",
     ]
-    # A tree downloads beside the releases, whose directory gets the usual modes: the
-    # umask 077 that keeps the temp files private comes after it.
-    releases = f"mkdir -p {sh(settings.releases_dir)} && " if settings.tree else ""
+    if unpack:
+        argv += ["--unpack-map", settings.unpack_map, "--unpack-dir", settings.incoming_dir]
+    # A tree (or a tarball's unpacked files) downloads beside the releases, whose directory
+    # gets the usual modes: the umask 077 that keeps the temp files private comes after it.
+    beside = settings.tree or unpack
+    releases = f"mkdir -p {sh(settings.releases_dir)} && " if beside else ""
     return (
         f"{releases}mkdir -p -m 700 {sh(settings.temp_path)} && umask 077 && "
         f"echo $$ > {sh(settings.pidfile('peer-fg'))} && exec {sh(*argv)}"
     )
 
 
-def download(conns: Connections, settings: Settings, host: str) -> bool:
+def download(conns: Connections, settings: Settings, host: str, unpack: bool = False) -> bool:
     """Run the swarm download on ``host``; False when it already holds the payload (seeder)."""
     if host == conns.inventory.seeder.name:
         return False
-    script = peer_script(settings, conns.ip_of(host))
+    script = peer_script(settings, conns.ip_of(host), unpack)
     limit = settings.peer_timeout + SSH_SLACK_SECONDS
     # The peer gives up by itself after peer_timeout; silence past that plus the slack
     # means the host or its link is gone, not the download.

@@ -64,17 +64,20 @@ def install_release(
 ) -> None:
     """releases/TAG, then the atomic switch of ``current``, then prune to keep_releases.
 
-    A tree's download is renamed into place; a seeder that is also a peer (it did not
-    download) copies the files from its own tree.
+    A tree's download (or a tarball's unpacked files) is renamed into place; a seeder
+    that is also a peer (it did not download) copies the files from its own tree.
     """
     kind, src = ("file" if path_is_file else "tar"), settings.payload
+    unpacked = []
     if settings.tree:
         kind, src = ("tree", settings.download_target)
         if not downloaded:
             kind, src = ("tree-copy", settings.seed_source)
         file_name = settings.manifest
+    elif downloaded and settings.unpacks(path_is_file):
+        kind, file_name, unpacked = "tar-unpacked", settings.unpack_map, [settings.incoming_dir]
     args = [src, settings.destination_path, settings.require_tag(), kind, file_name]
-    args += ["1" if settings.force else "0", str(settings.keep_releases)]
+    args += ["1" if settings.force else "0", str(settings.keep_releases), *unpacked]
     conns.run(host, helper_command(settings, "install", *args))
 
 

@@ -12,11 +12,16 @@ rollback without a separate state file.
 Commands:
   manifest SRC OUT [GLOB...]             write SRC's tree (dirs, files, symlinks, with modes
                                          and mtimes; names matching a GLOB left out) to OUT
-  extract SRC TARGET KIND NAME REPLACE   KIND tar|file|tree|tree-copy; REPLACE 1 replaces a
-                                         non-empty TARGET. For tree kinds SRC is a directory
-                                         holding the manifest's files (moved into place, or
-                                         copied for tree-copy) and NAME is the manifest
-  install SRC DEST TAG KIND NAME REPLACE KEEP
+  unpack-map TARBALL OUT                 write where TARBALL's regular members' bytes are
+                                         (for ``murder peer --unpack-map``) to OUT
+  extract SRC TARGET KIND NAME REPLACE [DIR]
+                                         KIND tar|file|tree|tree-copy|tar-unpacked; REPLACE 1
+                                         replaces a non-empty TARGET. For tree kinds SRC is a
+                                         directory holding the manifest's files (moved into
+                                         place, or copied for tree-copy) and NAME is the
+                                         manifest; for tar-unpacked SRC is the payload file,
+                                         NAME the unpack map and DIR the mapped files' directory
+  install SRC DEST TAG KIND NAME REPLACE KEEP [DIR]
                                          extract into DEST/releases/TAG, switch, prune: one
                                          process per host instead of three
   switch DEST TAG                        point DEST/current at releases/TAG atomically
@@ -231,6 +236,217 @@ def extract_tar(
         raise ReleaseError(f"{src} is not a readable tarball: {exc}") from exc
 
 
+# --- a plain tarball whose file data a peer wrote as files (``murder peer --unpack-map``)
+# The seeder maps where each regular member's bytes sit in the tarball. A peer given the
+# map writes those bytes straight into DIR/<name> while it downloads and keeps only the
+# rest (headers, padding) in the payload file. Installing runs the usual screened
+# extraction over the two spliced back together, but writes only what the map did not
+# place, and fails unless every mapped file is exactly the member tar says is there.
+UNPACK_MAP_VERSION = 1
+
+
+def _plain_name(name: str) -> Optional[str]:
+    """``name`` as a map path ("a/b"), or None when it is not one we can place safely."""
+    while name.startswith("./"):
+        name = name[2:]
+    parts = name.split("/")
+    if not name or os.path.normpath(name) != name or "\0" in name:
+        return None
+    if any(part in ("", ".", "..") for part in parts):
+        return None
+    return name
+
+
+def unpack_map(tarball: str) -> dict[str, object]:
+    """The map of ``tarball``: regular members with a name that only they use.
+
+    Anything else (links, sparse or empty files, a name tar lists twice, a file under
+    something that is not a directory) stays in the payload file and is extracted the
+    usual way.
+    """
+    import tarfile
+
+    try:
+        with tarfile.open(tarball, "r:") as tar:
+            members = tar.getmembers()
+    except tarfile.TarError as exc:
+        raise ReleaseError(f"{tarball} is not a plain tarball: {exc}") from exc
+    seen: dict[str, int] = {}
+    not_dirs = set()
+    for m in members:
+        key = os.path.normpath(m.name.lstrip("/"))
+        seen[key] = seen.get(key, 0) + 1
+        if not m.isdir():
+            not_dirs.add(key)
+    rows = []
+    for m in members:
+        name = _plain_name(m.name)
+        if name is None or not m.isreg() or m.sparse is not None or m.size == 0:
+            continue
+        parts = name.split("/")
+        if seen[name] != 1 or any("/".join(parts[:k]) in not_dirs for k in range(1, len(parts))):
+            continue
+        rows.append([m.offset_data, m.size, name])
+    return {"version": UNPACK_MAP_VERSION, "length": os.path.getsize(tarball), "files": rows}
+
+
+def write_unpack_map(tarball: str, out: str) -> None:
+    partial = out + ".part"
+    with open(partial, "w", encoding="utf-8") as fh:
+        json.dump(unpack_map(tarball), fh, separators=(",", ":"))
+    os.replace(partial, out)
+
+
+def _read_unpack_map(path: str) -> list[tuple[int, int, str]]:
+    with open(path, "rb") as fh:
+        doc = json.loads(fh.read(MAX_MANIFEST_BYTES + 1))
+    if not isinstance(doc, dict) or doc.get("version") != UNPACK_MAP_VERSION:
+        raise ReleaseError(f"{path} is not an unpack map of version {UNPACK_MAP_VERSION}")
+    rows = []
+    for row in doc.get("files", []):
+        if not isinstance(row, list) or len(row) != 3:
+            raise ReleaseError(f"{path}: entry {row!r} is not [offset, length, path]")
+        offset, length, name = _int(row[0], "offset"), _int(row[1], "length"), row[2]
+        if not isinstance(name, str) or _plain_name(name) != name:
+            raise ReleaseError(f"{path}: bad path {name!r}")
+        rows.append((offset, length, name))
+    return rows
+
+
+def _spliced(rest: str, directory: str, rows: list[tuple[int, int, str]]) -> Any:
+    """A read-only file of the whole tarball: the map's files placed into the rest file."""
+    import bisect
+    import io
+
+    # Where each run of the payload starts, and (its file, None for the rest file; what
+    # to add to a payload offset to get the position in that file).
+    starts: list[int] = []
+    places: list[tuple[Optional[str], int]] = []
+    at = pos = 0
+    for offset, length, name in rows:
+        if offset > pos:
+            starts.append(pos)
+            places.append((None, at - pos))
+            at += offset - pos
+        starts.append(offset)
+        places.append((os.path.join(directory, name), -offset))
+        pos = offset + length
+    starts.append(pos)
+    places.append((None, at - pos))
+
+    class Spliced(io.RawIOBase):
+        def __init__(self) -> None:
+            self.rest = os.open(rest, os.O_RDONLY)
+            self.pos = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return True
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            base = {0: 0, 1: self.pos}[whence]  # tarfile seeks from the start or here
+            self.pos = base + offset
+            return self.pos
+
+        def tell(self) -> int:
+            return self.pos
+
+        def readinto(self, buf: Any) -> int:
+            slot = bisect.bisect_right(starts, self.pos) - 1
+            end = starts[slot + 1] if slot + 1 < len(starts) else None
+            want = len(buf) if end is None else min(len(buf), end - self.pos)
+            path, shift = places[slot]
+            if path is None:
+                data = os.pread(self.rest, want, self.pos + shift)
+            else:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                try:
+                    data = os.pread(fd, want, self.pos + shift)
+                finally:
+                    os.close(fd)
+            buf[: len(data)] = data
+            self.pos += len(data)
+            return len(data)
+
+        def close(self) -> None:
+            if not self.closed:
+                os.close(self.rest)
+            super().close()
+
+    return Spliced()
+
+
+def _check_only_mapped(directory: str, rows: list[tuple[int, int, str]]) -> None:
+    """The download directory holds the map's files and their directories, nothing else."""
+    files = {name for _, _, name in rows}
+    dirs = {"/".join(name.split("/")[:k]) for name in files for k in range(1, name.count("/") + 1)}
+    for top, subdirs, names in os.walk(directory):
+        rel = os.path.relpath(top, directory)
+        for sub in subdirs:
+            path = os.path.normpath(os.path.join(rel, sub))
+            if path not in dirs or os.path.islink(os.path.join(top, sub)):
+                raise ReleaseError(
+                    f"{directory} holds {path!r}, which the unpack map does not list"
+                )
+        for name in names:
+            path = os.path.normpath(os.path.join(rel, name))
+            if path not in files or not os.path.isfile(os.path.join(top, name)):
+                raise ReleaseError(
+                    f"{directory} holds {path!r}, which the unpack map does not list"
+                )
+
+
+def extract_unpacked(
+    rest: str, directory: str, map_path: str, use_filter: Optional[bool] = None, target: str = ""
+) -> None:
+    """Finish ``directory`` (the map's files, downloaded) into the tarball's release."""
+    import tarfile
+
+    rows = _read_unpack_map(map_path)
+    _check_only_mapped(directory, rows)
+    placed = {offset: (os.path.join(directory, name), length) for offset, length, name in rows}
+    claimed: set[int] = set()
+    base = _tarfile_class()
+
+    class UnpackedTarFile(base):  # type: ignore[valid-type,misc]
+        def makefile(self, tarinfo: tarfile.TarInfo, targetpath: Any) -> None:
+            there = placed.get(tarinfo.offset_data)
+            if there == (os.path.normpath(targetpath), tarinfo.size) and tarinfo.sparse is None:
+                claimed.add(tarinfo.offset_data)
+            else:
+                super().makefile(tarinfo, targetpath)
+
+    filter_errors = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+    if use_filter is None:
+        use_filter = hasattr(tarfile, "data_filter")
+    source = _spliced(rest, directory, rows)
+    try:
+        with UnpackedTarFile.open(fileobj=source, mode="r:") as tar:
+            members = (
+                screened_members(tar, directory) if use_filter else checked_members(tar, directory)
+            )
+            unplaced = [m for m in members if placed.get(m.offset_data, ("", -1))[1] != m.size]
+            check_space(directory, space_needed(unplaced), target or directory)
+            if use_filter:
+                tar.extractall(directory, members=members, filter="data")
+            else:
+                tar.extractall(directory, members=members)
+    except filter_errors as exc:
+        raise ReleaseError(f"unsafe archive member: {exc}", EXIT_UNSAFE) from exc
+    except tarfile.TarError as exc:
+        raise ReleaseError(f"{rest} with {directory} is not a readable tarball: {exc}") from exc
+    finally:
+        source.close()
+    missed = sorted(name for offset, _, name in rows if offset not in claimed)
+    if missed:
+        raise ReleaseError(
+            f"the unpack map does not match the tarball: {len(missed)} mapped files are not "
+            f"where tar has them (first: {missed[0]!r})"
+        )
+
+
 # --- a release sent as its own files (transfer=tree) --------------------------------
 # The torrent carries the regular files; the manifest carries what BitTorrent cannot:
 # directories (empty ones too), symlinks, modes and mtimes. Both come from the same walk
@@ -416,12 +632,20 @@ def _remove(path: str) -> None:
 
 
 def extract(
-    src: str, target: str, kind: str, name: str, replace: bool, use_filter: Optional[bool] = None
+    src: str,
+    target: str,
+    kind: str,
+    name: str,
+    replace: bool,
+    use_filter: Optional[bool] = None,
+    unpacked: str = "",
 ) -> None:
     """Build the release beside ``target`` and rename it into place.
 
     Nothing appears under ``target`` until the payload is fully extracted; a failure
-    leaves only the hidden work directory, which the next attempt clears.
+    leaves only the hidden work directory, which the next attempt clears. For
+    ``tar-unpacked``, ``unpacked`` is the peer's directory of mapped files and
+    ``name`` the map.
     """
     target = os.path.abspath(target)
     if os.path.lexists(target):
@@ -433,10 +657,11 @@ def extract(
     work = os.path.join(parent, f".{base}.murder-tmp")
     old = os.path.join(parent, f".{base}.murder-old")
     _remove(old)
-    if kind == "tree":
-        work = os.path.abspath(src)  # the downloaded tree itself becomes the release
+    if kind in ("tree", "tar-unpacked"):
+        # The downloaded tree itself becomes the release.
+        work = os.path.abspath(unpacked if kind == "tar-unpacked" else src)
         if os.path.dirname(work) != parent:
-            raise ReleaseError(f"{src} must be beside {target} to be renamed into place")
+            raise ReleaseError(f"{work} must be beside {target} to be renamed into place")
     else:
         _remove(work)
         os.mkdir(work, 0o755)
@@ -456,6 +681,8 @@ def extract(
             shutil.copyfile(src, os.path.join(work, name))
         elif kind == "tar":
             extract_tar(src, work, use_filter, target)
+        elif kind == "tar-unpacked":
+            extract_unpacked(src, work, name, use_filter, target)
         else:
             raise ReleaseError(f"unknown payload kind {kind!r}")
     except OSError as exc:
@@ -551,15 +778,19 @@ def main(argv: Sequence[str]) -> int:
                 "usage: manifest|extract|install|switch|prune|rollback|current ...", 2
             )
         cmd, args = argv[0], list(argv[1:])
-        if cmd == "extract" and len(args) == 5:
-            extract(args[0], args[1], args[2], args[3], args[4] == "1")
-        elif cmd == "install" and len(args) == 7:
-            src, dest, tag, kind, name, replace, keep = args
-            extract(src, os.path.join(_releases_dir(dest), tag), kind, name, replace == "1")
+        if cmd == "extract" and len(args) in (5, 6):
+            src, target, kind, name, replace = args[:5]
+            extract(src, target, kind, name, replace == "1", None, *args[5:])
+        elif cmd == "install" and len(args) in (7, 8):
+            src, dest, tag, kind, name, replace, keep = args[:7]
+            target = os.path.join(_releases_dir(dest), tag)
+            extract(src, target, kind, name, replace == "1", None, *args[7:])
             switch(dest, tag)
             print(" ".join(prune(dest, int(keep))))
         elif cmd == "manifest" and len(args) >= 2:
             write_manifest(args[0], args[1], args[2:])
+        elif cmd == "unpack-map" and len(args) == 2:
+            write_unpack_map(args[0], args[1])
         elif cmd == "switch" and len(args) == 2:
             switch(args[0], args[1])
         elif cmd == "prune" and len(args) == 2:

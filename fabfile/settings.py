@@ -22,7 +22,8 @@ DEFAULTS: Dict[str, Any] = {
     "local_path": None,
     "path_is_file": False,
     # gzip the tarball, as Murder did. Off for releases that are already compressed, or
-    # where the network is faster than gzip (about 20-60 MB/s per core).
+    # where the network is faster than gzip (about 20-60 MB/s per core); fab deploy's
+    # peers then write a plain tarball's files as they download it (see ``unpacks``).
     "compress": True,
     # fab deploy sends the release as one tarball (Murder's way: gzip can shrink it, and
     # every peer extracts it) or, with "tree", as its own files: no tarball to pack on
@@ -226,6 +227,24 @@ class Settings:
         """transfer=tree: what the torrent cannot carry (see ``remote_release``)."""
         return f"{self.temp_path}/{self.require_tag()}.tree.json"
 
+    def unpacks(self, path_is_file: bool) -> bool:
+        """Peers write a plain tarball's file data straight into the release directory.
+
+        Only an uncompressed tarball has its members' bytes as they are (see
+        ``murder peer --unpack-map``); the install then copies nothing a second time.
+        """
+        return not (self.tree or self.compress or path_is_file)
+
+    @property
+    def unpack_map(self) -> str:
+        """Where each member's bytes sit in the tarball, made by the seeder."""
+        return f"{self.payload}.map.json"
+
+    @property
+    def incoming_dir(self) -> str:
+        """A peer's download beside the releases, renamed to releases/TAG by the install."""
+        return f"{self.releases_dir}/.{self.require_tag()}.incoming"
+
     @property
     def seed_source(self) -> str:
         """What the seeder serves: the tarball, or the release directory itself."""
@@ -237,7 +256,7 @@ class Settings:
     def download_target(self) -> str:
         """Where a peer downloads: the tarball in temp_path, or (tree) beside the releases."""
         if self.tree:
-            return f"{self.releases_dir}/.{self.require_tag()}.incoming"
+            return self.incoming_dir
         return self.payload
 
     @property

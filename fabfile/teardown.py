@@ -26,11 +26,11 @@ def clean_script(settings: Settings) -> str:
         settings.pidfile("peer-fg"),
         settings.lease_file,
     ]
-    if not settings.tree:
-        return f"rm -f -- {sh(*files)}"
-    # A tree download that never became releases/TAG (the install renames it away).
-    trees = [settings.download_target, settings.download_target + ".part"]
-    return f"rm -f -- {sh(*files, settings.manifest)} && rm -rf -- {sh(*trees)}"
+    files.append(settings.manifest if settings.tree else settings.unpack_map)
+    # A download beside the releases (a tree, or a tarball's unpacked files) that never
+    # became releases/TAG: the install renames it away.
+    trees = [settings.incoming_dir, settings.incoming_dir + ".part"]
+    return f"rm -f -- {sh(*files)} && rm -rf -- {sh(*trees)}"
 
 
 def clean_temp_files(conns: Connections, settings: Settings, host: str) -> None:

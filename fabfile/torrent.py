@@ -136,15 +136,23 @@ def make_payload(conns: Connections, settings: Settings) -> None:
     conns.run(conns.inventory.seeder.name, script)
 
 
-def make_torrent(conns: Connections, settings: Settings) -> str:
+def make_torrent(conns: Connections, settings: Settings, unpack_map: bool = False) -> str:
     """Hash the payload on the seeder into ``TAG.tgz.torrent``; returns the info_hash.
 
     ``--auth`` puts a fresh token in the announce URL: every deploy has its own secret.
+    With ``unpack_map`` the tarball's map is written meanwhile, on the other core.
     """
     host = conns.inventory.seeder.name
     tracker = tracker_address(conns.ip_of(conns.inventory.tracker.name), settings.tracker_port)
     argv = make_torrent_argv(settings, tracker)
-    result = conns.run(host, f"umask 077 && {sh(*argv)}")
+    script = f"umask 077 && {sh(*argv)}"
+    if unpack_map:
+        mapper = helper_command(settings, "unpack-map", settings.payload, settings.unpack_map)
+        script = (
+            f"umask 077 && {mapper} & mapper=$!; {script}; made=$?; "
+            'wait "$mapper" || exit $?; exit "$made"'
+        )
+    result = conns.run(host, script)
     info_hash = str(result.stdout).strip().splitlines()[-1:] or [""]
     if not _HEX40.match(info_hash[0]):
         raise HostError(
@@ -199,6 +207,13 @@ def download_manifest(conns: Connections, settings: Settings) -> Path:
     """transfer=tree: fetch the seeder's manifest beside the local .torrent (mode 0600)."""
     return _fetch_private(
         conns, settings.manifest, local_torrent_path(settings).with_suffix(".json")
+    )
+
+
+def download_unpack_map(conns: Connections, settings: Settings) -> Path:
+    """Fetch the seeder's unpack map beside the local .torrent (mode 0600)."""
+    return _fetch_private(
+        conns, settings.unpack_map, local_torrent_path(settings).with_suffix(".map.json")
     )
 
 

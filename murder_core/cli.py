@@ -299,7 +299,20 @@ def _add_peer(sub: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="linger in this process instead of a background one",
     )
-    p.set_defaults(func=cmd_client, mode="peer")
+    p.add_argument(
+        "--unpack-map",
+        metavar="MAP",
+        help="for a plain tarball: write the member data MAP lists (JSON, made by the "
+        "deploy's seeder) straight into files under --unpack-dir; FILE then keeps only "
+        "the rest (headers, padding), and extracting needs no second copy",
+    )
+    p.add_argument(
+        "--unpack-dir",
+        metavar="DIR",
+        help="where --unpack-map's files go: downloaded under DIR.part, renamed to DIR "
+        "just before FILE.part is renamed to FILE",
+    )
+    p.set_defaults(func=cmd_client, mode="peer", parser=p)
 
 
 COMMANDS = {
@@ -431,6 +444,8 @@ def cmd_client(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         lazy_check=getattr(args, "lazy_check", False),
         lease=_lease(args),
+        unpack_map=getattr(args, "unpack_map", None),
+        unpack_dir=getattr(args, "unpack_dir", None),
     )
 
     def work(notify: Callable[[], None] | None) -> int:
@@ -466,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
+    if (getattr(args, "unpack_map", None) is None) != (getattr(args, "unpack_dir", None) is None):
+        args.parser.error("--unpack-map and --unpack-dir go together")
     _setup_logging(args.verbose, getattr(args, "logfile", None))
     try:
         return int(args.func(args))

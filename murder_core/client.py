@@ -24,6 +24,7 @@ from .progress import Progress
 from .records import record
 from .session import Session, SessionConfig
 from .storage import Storage
+from .unpack_map import read_unpack_map
 from .values import PeerAddr
 
 log = logging.getLogger("murder.client")
@@ -48,6 +49,8 @@ class ClientConfig:
     quiet: bool = False
     lazy_check: bool = False  # seed: hash each piece on its first upload, not all at start
     lease: Lease | None = None  # seed: stop by itself once nobody renews this
+    unpack_map: str | None = None  # peer: see unpack_map.py
+    unpack_dir: str | None = None
 
 
 def make_peer_id() -> bytes:
@@ -74,13 +77,25 @@ def open_storage(config: ClientConfig, meta: Metainfo, progress: Progress) -> St
                 f"{meta.num_pieces} pieces fail their SHA-1 check"
             )
         return storage
+    unpack = None
+    if config.unpack_map is not None and config.unpack_dir is not None:
+        entries = read_unpack_map(config.unpack_map, meta.total_length)
+        unpack = (entries, config.unpack_dir)
+        placed = sum(e.length for e in entries)
+        log.info(
+            "unpack map: %d files, %d of %d bytes, written straight into %s",
+            len(entries),
+            placed,
+            meta.total_length,
+            config.unpack_dir,
+        )
     resuming = os.path.exists(config.path + ".part")
     parent = os.path.dirname(os.path.abspath(config.path))
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create directory {parent}: {exc.strerror}") from None
-    storage = Storage.for_download(meta, config.path)
+    storage = Storage.for_download(meta, config.path, unpack)
     if resuming:
         progress.phase("checking", meta.total_length)
         good = storage.verify_all(progress.advance)

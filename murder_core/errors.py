@@ -63,6 +63,12 @@ class StorageError(MurderError):
     exit_code = 3
 
 
+class UnpackMapError(MurderError):
+    """An ``--unpack-map`` that is malformed, does not fit the torrent, or names unsafe paths."""
+
+    exit_code = 3
+
+
 class PayloadMismatchError(StorageError):
     """A seeder's payload fails the torrent's hashes: it must not serve it at all."""
 

@@ -60,6 +60,18 @@ class PayloadFile:
         self.fd = -1
 
 
+class Span:
+    """A run of payload bytes stored contiguously in one file, from position ``at``."""
+
+    __slots__ = ("at", "file", "length", "offset")
+
+    def __init__(self, file: PayloadFile, offset: int, length: int, at: int = 0) -> None:
+        self.file = file
+        self.offset = offset  # in the payload
+        self.length = length
+        self.at = at  # in the file
+
+
 def payload_layout(meta: Metainfo, root: pathlib.Path) -> list[PayloadFile]:
     """The files of ``meta`` under ``root`` (``root`` itself for a single-file torrent)."""
     if not meta.multi_file:

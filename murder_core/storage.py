@@ -25,6 +25,7 @@ from .errors import PayloadMismatchError, StorageError
 from .metainfo import Metainfo
 from .payload_files import (
     PayloadFile,
+    Span,
     StrPath,
     allocated_bytes,
     check_free_space,
@@ -39,32 +40,41 @@ from .payload_files import (
     pwrite_all,
     storage_error,
 )
+from .unpack_map import MapEntry, unpack_layout
 
 PART_SUFFIX = ".part"
 #: Cap on one read_block: requests come from remote peers (BEP 3 blocks are 16 KiB).
 MAX_READ = 128 * 1024
 _CHUNK = 1024 * 1024  # hashing reads this much at a time
 
+#: ``--unpack-map``: the map's entries and the directory their files go under.
+Unpack = tuple[list[MapEntry], StrPath]
+#: A root renamed from .part as a whole (the payload; a map's directory) and its files.
+Tree = tuple[pathlib.Path, list[PayloadFile]]
+
 
 class Storage:
     """The payload of one torrent on disk; see ``for_download`` and ``for_seed``."""
 
     def __init__(
-        self, meta: Metainfo, root: pathlib.Path, files: list[PayloadFile], *, final: bool
+        self, meta: Metainfo, trees: list[Tree], *, final: bool, spans: list[Span] | None = None
     ) -> None:
+        """``trees[0]`` is the payload; ``spans`` place its bytes when not file by file."""
         self._meta = meta
-        self._root = root
-        self._final_path = root if final else _strip_part(root)
+        self._trees = trees
+        self._root = trees[0][0]
         self._finalized = final
         self._writable = not final
-        self._files = files
+        self._files = [f for _, files in trees for f in files]
         self._closed = False
         self._piece_length = meta.piece_length
         self._last_index = meta.num_pieces - 1
         self._last_size = meta.piece_size(self._last_index)
-        # Zero-length files hold no bytes, so offsets are looked up among the others only.
-        self._spans = [f for f in files if f.length > 0]
-        self._starts = [f.offset for f in self._spans]
+        if spans is None:
+            # Zero-length files hold no bytes, so offsets are looked up among the others.
+            spans = [Span(f, f.offset, f.length) for f in self._files if f.length > 0]
+        self._spans = spans
+        self._starts = [s.offset for s in spans]
         self._have = bytearray(meta.num_pieces)
         self._bits = bytearray((meta.num_pieces + 7) // 8)
         self._have_count = 0
@@ -73,64 +83,74 @@ class Storage:
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
-    def for_download(cls, meta: Metainfo, target: StrPath) -> Storage:
+    def for_download(cls, meta: Metainfo, target: StrPath, unpack: Unpack | None = None) -> Storage:
         """Storage writing into ``target + ".part"``, created or kept (resume).
 
         If ``target`` itself exists, it is used only if every piece verifies (it
         is this payload, already complete); otherwise StorageError, since it is
-        not ours to overwrite.
+        not ours to overwrite. With ``unpack``, the map's ranges go to their own
+        files under ``directory + ".part"`` and only the rest to ``target``.
         """
         final = pathlib.Path(target)
         if os.path.lexists(final):
-            return cls._existing_target(meta, final)
-        parent = final.parent
-        if not parent.is_dir():
-            raise StorageError(f"cannot download to {final}: directory {parent} does not exist")
+            return cls._existing_target(meta, final, unpack)
         part = pathlib.Path(str(final) + PART_SUFFIX)
         if os.path.lexists(part) and part.is_dir() != meta.multi_file:
             kind = "a directory" if meta.multi_file else "a file"
             raise StorageError(f"{part} is in the way: this torrent needs {kind} there")
-        files = payload_layout(meta, part)
-        needed = sum(max(0, f.length - allocated_bytes(f.path)) for f in files)
+        trees, spans = _layout(meta, part, unpack, PART_SUFFIX)
+        for root, files in trees:
+            parent = root.parent
+            if not parent.is_dir():
+                raise StorageError(
+                    f"cannot download to {_strip_part(root)}: directory {parent} does not exist"
+                )
+            needed = sum(max(0, f.length - allocated_bytes(f.path)) for f in files)
+            try:
+                stats = os.statvfs(parent)
+            except OSError as exc:
+                raise storage_error(f"cannot check free space in {parent}", exc) from exc
+            check_free_space(parent, needed, stats)
+        storage = cls(meta, trees, final=False, spans=spans)
+        make_room_for_files(len(storage._files))
         try:
-            stats = os.statvfs(parent)
-        except OSError as exc:
-            raise storage_error(f"cannot check free space in {parent}", exc) from exc
-        check_free_space(parent, needed, stats)
-        make_room_for_files(len(files))
-        storage = cls(meta, part, files, final=False)
-        try:
-            for f in files:
-                create_file(f, part)
+            for root, _ in trees[1:]:
+                _make_directory(root)  # a map's directory, even when it lists no file
+            for root, files in trees:
+                for f in files:
+                    create_file(f, root)
         except BaseException:
             storage.close()
             raise
         return storage
 
     @classmethod
-    def for_seed(cls, meta: Metainfo, path: StrPath) -> Storage:
+    def for_seed(cls, meta: Metainfo, path: StrPath, unpack: Unpack | None = None) -> Storage:
         """Read-only storage over a payload already at ``path`` (file or directory).
 
         Nothing is verified yet: call ``verify_all`` to mark the pieces.
         """
         root = pathlib.Path(path)
-        files = payload_layout(meta, root)
+        trees, spans = _layout(meta, root, unpack, "")
         if meta.multi_file and not root.is_dir():
             raise StorageError(f"{root} must be a directory: the torrent holds several files")
-        make_room_for_files(len(files))
-        storage = cls(meta, root, files, final=True)
+        storage = cls(meta, trees, final=True, spans=spans)
+        make_room_for_files(len(storage._files))
         try:
-            for f in files:
-                open_existing(f, root)
+            for tree_root, files in trees:
+                for f in files:
+                    open_existing(f, tree_root)
         except BaseException:
             storage.close()
             raise
         return storage
 
     @classmethod
-    def _existing_target(cls, meta: Metainfo, final: pathlib.Path) -> Storage:
+    def _existing_target(
+        cls, meta: Metainfo, final: pathlib.Path, unpack: Unpack | None
+    ) -> Storage:
         try:
-            storage = cls.for_seed(meta, final)
+            storage = cls.for_seed(meta, final, unpack)
         except StorageError as exc:
             raise StorageError(
                 f"{final} already exists and is not this payload ({exc}); refusing to overwrite it"
@@ -198,7 +218,7 @@ class Storage:
             return
         offset = index * self._piece_length + begin
         if len(self._spans) == 1:  # the common single-file case: one pwrite, no slicing
-            pwrite_all(self._spans[0], data, offset)
+            pwrite_all(self._spans[0].file, data, offset)
             return
         view = memoryview(data).cast("B")
         pos = 0
@@ -345,7 +365,7 @@ class Storage:
         self._join_flusher()
         if self._finalized:
             return self._root
-        final = self._final_path
+        final = _strip_part(self._root)
         if not self.complete:
             missing = len(self._have) - self._have_count
             raise StorageError(
@@ -359,17 +379,24 @@ class Storage:
             except OSError as exc:
                 raise storage_error(f"cannot fsync {f.path}", exc) from exc
         # One process owns a target, so checking first is enough; rename alone would
-        # silently replace an existing file.
-        if os.path.lexists(final):
-            raise StorageError(f"cannot finalize: {final} already exists; refusing to replace it")
-        try:
-            os.rename(self._root, final)
-        except OSError as exc:
-            raise storage_error(f"cannot rename {self._root} to {final}", exc) from exc
-        fsync_directory(final.parent)
+        # silently replace an existing file. A map's directory goes first: the payload's
+        # final name is what says "done".
+        for root, _ in self._trees:
+            if os.path.lexists(_strip_part(root)):
+                raise StorageError(
+                    f"cannot finalize: {_strip_part(root)} already exists; refusing to replace it"
+                )
+        for i, (root, files) in reversed(list(enumerate(self._trees))):
+            done = _strip_part(root)
+            try:
+                os.rename(root, done)
+            except OSError as exc:
+                raise storage_error(f"cannot rename {root} to {done}", exc) from exc
+            fsync_directory(done.parent)
+            self._trees[i] = (done, files)
+            for f in files:
+                f.path = done.joinpath(*f.parts)
         self._root = final
-        for f in self._files:
-            f.path = final.joinpath(*f.parts)
         self._finalized = True
         self._writable = False
         return final
@@ -412,14 +439,40 @@ class Storage:
         slot = bisect.bisect_right(self._starts, offset) - 1
         end = offset + length
         while offset < end:
-            f = self._spans[slot]
-            local = offset - f.offset
-            size = min(end - offset, f.length - local)
-            out.append((f, local, size))
+            span = self._spans[slot]
+            local = offset - span.offset
+            size = min(end - offset, span.length - local)
+            out.append((span.file, span.at + local, size))
             offset += size
             slot += 1
         return out
 
 
 def _strip_part(path: pathlib.Path) -> pathlib.Path:
+    if not path.name.endswith(PART_SUFFIX):
+        return path  # already final (seeding)
     return path.with_name(path.name[: -len(PART_SUFFIX)])
+
+
+def _layout(
+    meta: Metainfo, root: pathlib.Path, unpack: Unpack | None, suffix: str
+) -> tuple[list[Tree], list[Span] | None]:
+    if unpack is None:
+        return [(root, payload_layout(meta, root))], None
+    if meta.multi_file:
+        raise StorageError(
+            "an unpack map needs a single-file torrent (a tarball); this one holds several files"
+        )
+    entries, directory = unpack
+    dir_root = pathlib.Path(str(directory) + suffix)
+    files, spans = unpack_layout(entries, meta.total_length, root, dir_root)
+    return [(root, files[:1]), (dir_root, files[1:])], spans
+
+
+def _make_directory(path: pathlib.Path) -> None:
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise storage_error(f"cannot create directory {path}", exc) from exc
+    if path.is_symlink() or not path.is_dir():
+        raise StorageError(f"{path} is in the way: the unpack map needs a directory there")

@@ -158,6 +158,25 @@ def test_truncated_torrent_is_exit_3_and_nothing_is_written(
     assert not (tmp_path / "dl").exists()
 
 
+def test_an_unpack_map_needs_its_directory_and_must_fit_the_torrent(
+    torrent: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, target = torrent
+    dl = tmp_path / "dl" / "app.bin"
+    alone = murder("peer", str(target), str(dl), "--unpack-map", str(tmp_path / "m.json"))
+    assert alone.returncode == 2
+    assert "murder peer: error: --unpack-map and --unpack-dir go together" in alone.stderr
+    bad = tmp_path / "m.json"
+    bad.write_text('{"version": 1, "length": 5, "files": []}')
+    flags = ["--unpack-map", str(bad), "--unpack-dir", str(tmp_path / "dl" / "in")]
+    out = murder("peer", str(target), str(dl), "--foreground", *flags)
+    assert out.returncode == 3, out.stderr
+    assert out.stderr == (
+        f"murder: error: {bad} is for a payload of 5 bytes, but the torrent's is 300000\n"
+    )
+    assert not (tmp_path / "dl").exists()
+
+
 def test_seed_of_a_missing_payload_is_exit_3(torrent: tuple[Path, Path], tmp_path: Path) -> None:
     _, target = torrent
     out = murder("seed", str(target), str(tmp_path / "gone.bin"))

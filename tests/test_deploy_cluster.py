@@ -603,6 +603,53 @@ def test_deploy_a_tree_keeps_modes_mtimes_links_and_empty_dirs(env: Env) -> None
     assert_nothing_left(env)
 
 
+def test_a_plain_tarball_is_unpacked_as_it_downloads_and_installs_as_a_gzipped_one(
+    env: Env,
+) -> None:
+    """compress=false: peers write the members' bytes straight into releases/.TAG.incoming
+    (``murder peer --unpack-map``) and keep only tar's headers in temp_path; the release is
+    the one a gzipped tarball gives, modes, mtimes, links and all."""
+    src = "/srv/murder/src-u"
+    env.sh(
+        "h1",
+        f"mkdir -p {src}/bin {src}/empty/deeper {src}/.git && cd {src} && "
+        "head -c 2000000 /dev/urandom > bin/app && chmod 750 bin/app && "
+        "echo conf > app.ini && chmod 640 app.ini && : > zero && ln app.ini app.hard && "
+        "ln -s bin/app run && echo ref > .git/HEAD && "
+        "touch -h -d '2020-02-03 04:05:06' bin/app app.ini zero run empty/deeper empty bin",
+    )
+    for tag, compress in (("u1", "false"), ("u2", "true")):
+        out = env.fab(
+            "deploy",
+            *("--tag", tag, "--files-path", src),
+            compress=compress,
+            destination_path=f"/srv/murder/{tag}",
+            linger="0",
+        )
+        assert out.returncode == 0, out.stderr + out.stdout
+    app = env.sh("h1", f"sha256sum < {src}/bin/app")
+
+    def listing(host: str, tag: str) -> list[str]:
+        # tarfile leaves a symlink's own mtime at the time it made it, in both deploys.
+        lines = env.sh(host, TREE_LISTING.format(dir=f"/srv/murder/{tag}/current/")).splitlines()
+        return [
+            " ".join(w for i, w in enumerate(ln.split()) if i != 2 or ln[0] != "l") for ln in lines
+        ]
+
+    for host in PEERS:
+        unpacked = "\n".join(listing(host, "u1"))
+        assert listing(host, "u1") == listing(host, "u2")
+        assert "f 750" in unpacked and "l 777" in unpacked and "./empty/deeper" in unpacked
+        assert env.sh(host, "sha256sum < /srv/murder/u1/current/bin/app") == app, host
+        assert env.sh(host, "stat -c %h /srv/murder/u1/current/app.hard") == "2\n", host
+        log = env.sh(host, "cat /tmp/murder/peer-u1.log")
+        assert "unpack map: 2 files, 2000005 of " in log, (host, log[-500:])
+        assert "unpack map" not in env.sh(host, "cat /tmp/murder/peer-u2.log")
+        temp = env.sh(host, "ls -A /tmp/murder /srv/murder/u1/releases | grep -v '[.]log$'")
+        assert "u1.tar" not in temp and "incoming" not in temp, (host, temp)
+    assert_nothing_left(env)
+
+
 def test_deploy_a_tree_refuses_a_link_out_of_the_release_before_the_swarm(env: Env) -> None:
     src = "/srv/murder/src-t2"
     env.sh("h1", f"mkdir -p {src} && echo x > {src}/f && ln -sfn /etc/passwd {src}/pw")

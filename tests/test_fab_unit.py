@@ -132,6 +132,26 @@ def test_env_strings_are_converted() -> None:
     assert (s.force, s.linger, s.progress) == (True, 0, False)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"), [("false", False), ("no", False), ("0", False), ("true", True)]
+)
+def test_a_boolean_from_the_environment_means_what_it_says(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: bool
+) -> None:
+    """Through Fabric's own config loading, as ``fab`` does it."""
+    from fabric import Config
+
+    from fabfile import ns
+
+    monkeypatch.setenv("FABRIC_MURDER_COMPRESS", value)
+    monkeypatch.setenv("FABRIC_MURDER_PROGRESS", value)
+    config = Config(lazy=True)
+    config.load_collection(ns.configuration())
+    config.load_shell_env()
+    s = settings_from_config(dict(config.murder))
+    assert (s.compress, s.progress) == (expected, expected)
+
+
 def test_fabric_yaml_example_documents_every_key_with_its_default() -> None:
     # Invoke reads fabric.yaml with the PyYAML it vendors; use the same parser.
     yaml = importlib.import_module("invoke.vendor.yaml")
@@ -171,7 +191,10 @@ def test_fabric_yaml_overrides_defaults_and_env_overrides_it(tmp_path: Path) -> 
 
 def test_every_setting_is_a_config_key_in_ns() -> None:
     configured = ns.configuration()["murder"]
-    assert configured == DEFAULTS
+    assert settings_from_config(configured) == settings_from_config({})
+    assert {k for k, v in configured.items() if v in ("true", "false")} == {
+        k for k, v in DEFAULTS.items() if isinstance(v, bool)
+    }
     assert set(DEFAULTS) == set(Settings.__dataclass_fields__)
 
 
@@ -439,26 +462,54 @@ def test_clean_script_removes_only_this_tags_files(tmp_path: Path) -> None:
     assert [p for p in kept if Path(p).exists()] == kept
 
 
+@pytest.mark.parametrize("transfer", ["tree", "tarball"])
 def test_clean_script_removes_an_unfinished_tree_download_and_nothing_else(
-    tmp_path: Path,
+    tmp_path: Path, transfer: str
 ) -> None:
-    """transfer=tree: a peer stopped mid-swarm leaves releases/.v1.incoming.part behind."""
+    """A peer stopped mid-swarm leaves releases/.v1.incoming.part behind: a tree, or a
+    plain tarball's unpacked files (with its map in temp_path)."""
     temp, dest, src = tmp_path / "tmp", tmp_path / "app", tmp_path / "src"
     s = settings_from_config(
-        {},
+        {"compress": False},
         tag="v1",
         temp_path=str(temp),
         destination_path=str(dest),
         files_path=str(src),
-        transfer="tree",
+        transfer=transfer,
     )
-    for d in (temp, src, Path(s.download_target + ".part") / "sub", dest / "releases" / "v0"):
+    assert s.unpacks(path_is_file=False) == (transfer == "tarball")
+    part = Path(s.incoming_dir + ".part")
+    for d in (temp, src, part / "sub", dest / "releases" / "v0"):
         d.mkdir(parents=True)
-    for path in (s.manifest, s.torrent, src / "f", Path(s.download_target + ".part") / "sub" / "f"):
+    companion = s.manifest if transfer == "tree" else s.unpack_map
+    for path in (companion, s.torrent, src / "f", part / "sub" / "f"):
         Path(path).write_text("x")
     subprocess.run(["sh", "-c", clean_script(s)], check=True)
     assert sorted(os.listdir(dest / "releases")) == ["v0"]
     assert os.listdir(temp) == [] and os.listdir(src) == ["f"]
+
+
+@pytest.mark.parametrize(
+    ("config", "path_is_file", "unpacks"),
+    [
+        ({"compress": False}, False, True),
+        ({"compress": True}, False, False),  # gzip: no member's bytes are as they are
+        ({"compress": False}, True, False),  # one file: nothing to unpack
+        ({"compress": False, "transfer": "tree"}, False, False),
+    ],
+)
+def test_peers_unpack_only_a_plain_tarball(
+    config: Dict[str, Any], path_is_file: bool, unpacks: bool
+) -> None:
+    from fabfile.peers import peer_script
+
+    s = settings_from_config(config, tag="v1")
+    assert s.unpacks(path_is_file) is unpacks
+    script = peer_script(s, "10.0.0.2", unpack=s.unpacks(path_is_file))
+    flags = f"--unpack-map /tmp/murder/v1.tar.map.json --unpack-dir {s.releases_dir}/.v1.incoming"
+    assert (flags in script) is unpacks
+    # The releases directory is made with the usual modes before the private umask.
+    assert script.startswith(f"mkdir -p {s.releases_dir} && ") is (unpacks or s.tree)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from fabfile.release import helper_source
 from murder_core.metainfo import read_metainfo
 from murder_dev.localswarm import LocalSwarm, make_payload, sha256
 
@@ -181,6 +184,44 @@ def test_a_directory_keeps_its_executable_bits_through_the_swarm(tmp_path: Path)
     umask = os.umask(0)
     os.umask(umask)
     assert (target / "bin" / "app").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_peer_unpacking_a_plain_tarball_feeds_the_next_from_its_files(tmp_path: Path) -> None:
+    """``--unpack-map``: the member data lands in files of their own, the payload file
+    keeps the rest; once the seeder is gone, a plain peer gets the whole tarball from it."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    make_payload(src / "d" / "big.bin", 3 * 1024 * 1024 + 17)
+    (src / "small.txt").write_text("hello\n")
+    tarball = tmp_path / "rel.tar"
+    subprocess.run(["tar", "-c", "-C", f"{src}/", "-f", str(tarball), "."], check=True)
+    map_path = tmp_path / "rel.map.json"
+    subprocess.run(
+        [sys.executable, "-c", helper_source(), "unpack-map", str(tarball), str(map_path)],
+        check=True,
+    )
+    with LocalSwarm(tmp_path / "run", tarball) as sw:
+        sw.start_tracker()
+        sw.make_torrent(piece_size=64 * 1024)
+        sw.start_seeder()
+        unpacked = tmp_path / "u" / "rel.tar"
+        flags = ["--unpack-map", str(map_path), "--unpack-dir", str(tmp_path / "u" / "in")]
+        flags += ["--logfile", str(tmp_path / "unpacker.log")]
+        sw.start_peer("unpacker", unpacked, "--linger", "60", *flags)
+        deadline = time.monotonic() + 120
+        while not unpacked.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sw.stop("seeder") == 0
+        plain = tmp_path / "p" / "rel.tar"
+        sw.start_peer("plain", plain, "--linger", "0")
+        assert sw.wait(["plain"], timeout=120) == {"plain": 0}, sw.log("plain")[-2000:]
+        assert "unpack map: 2 files, 3145751 of" in (tmp_path / "unpacker.log").read_text()
+    assert sha256(plain) == sha256(tarball)
+    assert (tmp_path / "u" / "in" / "d" / "big.bin").read_bytes() == (
+        src / "d" / "big.bin"
+    ).read_bytes()
+    assert (tmp_path / "u" / "in" / "small.txt").read_text() == "hello\n"
+    assert unpacked.stat().st_size == tarball.stat().st_size - 3145751
 
 
 def _limit_open_files(soft: int) -> None:
