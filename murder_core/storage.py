@@ -99,6 +99,8 @@ class Storage:
             kind = "a directory" if meta.multi_file else "a file"
             raise StorageError(f"{part} is in the way: this torrent needs {kind} there")
         trees, spans = _layout(meta, part, unpack, PART_SUFFIX)
+        # A map's directory may be on the payload's file system or another: add up per device.
+        needs: dict[int, tuple[pathlib.Path, int, os.statvfs_result]] = {}
         for root, files in trees:
             parent = root.parent
             if not parent.is_dir():
@@ -107,9 +109,12 @@ class Storage:
                 )
             needed = sum(max(0, f.length - allocated_bytes(f.path)) for f in files)
             try:
-                stats = os.statvfs(parent)
+                device, stats = os.stat(parent).st_dev, os.statvfs(parent)
             except OSError as exc:
                 raise storage_error(f"cannot check free space in {parent}", exc) from exc
+            before = needs.get(device, (parent, 0, stats))[1]
+            needs[device] = (parent, before + needed, stats)
+        for parent, needed, stats in needs.values():
             check_free_space(parent, needed, stats)
         storage = cls(meta, trees, final=False, spans=spans)
         make_room_for_files(len(storage._files))
@@ -449,8 +454,6 @@ class Storage:
 
 
 def _strip_part(path: pathlib.Path) -> pathlib.Path:
-    if not path.name.endswith(PART_SUFFIX):
-        return path  # already final (seeding)
     return path.with_name(path.name[: -len(PART_SUFFIX)])
 
 
