@@ -14,7 +14,6 @@ fetch and the driver hands finished blocks here.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import os
 import pathlib
@@ -40,6 +39,7 @@ from .payload_files import (
     pwrite_all,
     storage_error,
 )
+from .syncing import flush_all, sync_all
 from .unpack_map import MapEntry, unpack_layout
 
 PART_SUFFIX = ".part"
@@ -121,9 +121,10 @@ class Storage:
         try:
             for root, _ in trees[1:]:
                 _make_directory(root)  # a map's directory, even when it lists no file
+            made: set[pathlib.Path] = set()
             for root, files in trees:
                 for f in files:
-                    create_file(f, root)
+                    create_file(f, root, made)
         except BaseException:
             storage.close()
             raise
@@ -349,13 +350,9 @@ class Storage:
         if self._flusher is not None and self._flusher.is_alive():
             return
         fds = [f.fd for f in self._files if f.fd >= 0]
-
-        def flush() -> None:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.fdatasync(fd)
-
-        self._flusher = threading.Thread(target=flush, name="murder-flush", daemon=True)
+        self._flusher = threading.Thread(
+            target=flush_all, args=(fds,), name="murder-flush", daemon=True
+        )
         self._flusher.start()
 
     def _join_flusher(self) -> None:
@@ -379,10 +376,11 @@ class Storage:
         for f in self._files:
             if f.executable:
                 make_executable(f)  # only now: a half-downloaded program must not run
-            try:
-                os.fsync(f.fd)
-            except OSError as exc:
-                raise storage_error(f"cannot fsync {f.path}", exc) from exc
+        by_fd = {f.fd: f for f in self._files}
+        sync_all(
+            list(by_fd),
+            lambda fd, exc: storage_error(f"cannot fsync {by_fd[fd].path}", exc),
+        )
         # One process owns a target, so checking first is enough; rename alone would
         # silently replace an existing file. A map's directory goes first: the payload's
         # final name is what says "done".
