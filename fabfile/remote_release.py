@@ -46,7 +46,7 @@ from collections.abc import Sequence
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import tarfile
-    from typing import Any, Optional
+    from typing import Any, Callable, Optional
 
     Manifest = dict[str, Any]
 
@@ -235,6 +235,18 @@ def extract_tar(
 
     ``target`` is where ``dest`` will be renamed to, for the messages.
     """
+    _screen_and_extract(lambda: _tarfile_class().open(src, "r:*"), dest, use_filter, target, src)
+
+
+def _screen_and_extract(
+    open_tar: Callable[[], tarfile.TarFile],
+    dest: str,
+    use_filter: Optional[bool],
+    target: Optional[str],
+    what: str,
+    written: Callable[[tarfile.TarInfo], bool] = lambda member: True,
+) -> None:
+    """Open, screen every member, check the space the ``written`` ones need, extract."""
     import tarfile
 
     # FilterError exists only where extraction filters do (3.9.17+, 3.11.4+).
@@ -242,14 +254,14 @@ def extract_tar(
     if use_filter is None:
         use_filter = hasattr(tarfile, "data_filter")
     try:
-        with _tarfile_class().open(src, "r:*") as tar:
+        with open_tar() as tar:
             members = screened_members(tar, dest) if use_filter else checked_members(tar, dest)
-            check_space(dest, space_needed(members), target or dest)
+            check_space(dest, space_needed([m for m in members if written(m)]), target or dest)
             extract_members(tar, dest, members, use_filter)
     except filter_errors as exc:
         raise ReleaseError(f"unsafe archive member: {exc}", EXIT_UNSAFE) from exc
     except tarfile.TarError as exc:
-        raise ReleaseError(f"{src} is not a readable tarball: {exc}") from exc
+        raise ReleaseError(f"{what} is not a readable tarball: {exc}") from exc
 
 
 # --- a plain tarball whose file data a peer wrote as files (``murder peer --unpack-map``)
@@ -419,7 +431,6 @@ def extract_unpacked(
     rest: str, directory: str, map_path: str, use_filter: Optional[bool] = None, target: str = ""
 ) -> None:
     """Finish ``directory`` (the map's files, downloaded) into the tarball's release."""
-    import tarfile
 
     rows = _read_unpack_map(map_path)
     _check_only_mapped(directory, rows)
@@ -435,22 +446,16 @@ def extract_unpacked(
             else:
                 super().makefile(tarinfo, targetpath)
 
-    filter_errors = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
-    if use_filter is None:
-        use_filter = hasattr(tarfile, "data_filter")
     source = _spliced(rest, directory, rows)
     try:
-        with UnpackedTarFile.open(fileobj=source, mode="r:") as tar:
-            members = (
-                screened_members(tar, directory) if use_filter else checked_members(tar, directory)
-            )
-            unplaced = [m for m in members if placed.get(m.offset_data, ("", -1))[1] != m.size]
-            check_space(directory, space_needed(unplaced), target or directory)
-            extract_members(tar, directory, members, use_filter)
-    except filter_errors as exc:
-        raise ReleaseError(f"unsafe archive member: {exc}", EXIT_UNSAFE) from exc
-    except tarfile.TarError as exc:
-        raise ReleaseError(f"{rest} with {directory} is not a readable tarball: {exc}") from exc
+        _screen_and_extract(
+            lambda: UnpackedTarFile.open(fileobj=source, mode="r:"),
+            directory,
+            use_filter,
+            target,
+            f"{rest} with {directory}",
+            written=lambda m: placed.get(m.offset_data, ("", -1))[1] != m.size,
+        )
     finally:
         source.close()
     missed = sorted(name for offset, _, name in rows if offset not in claimed)

@@ -151,11 +151,15 @@ def test_the_mapped_bytes_land_in_their_files_and_the_rest_in_the_payload(tmp_pa
     again.close()
 
 
-def test_a_restart_resumes_from_the_part_files(tmp_path: Path) -> None:
+def tar_torrent(tmp_path: Path) -> tuple[bytes, Metainfo, tuple[list[MapEntry], Path]]:
+    """The tarball's bytes, its torrent, and its map to ``tmp_path/incoming``."""
     src, _ = tarball(tmp_path)
-    data = src.read_bytes()
     _, meta = make_metainfo(src, "127.0.0.1:6969", piece_length=PIECE)
-    unpack = (map_of(src), tmp_path / "incoming")
+    return src.read_bytes(), meta, (map_of(src), tmp_path / "incoming")
+
+
+def test_a_restart_resumes_from_the_part_files(tmp_path: Path) -> None:
+    data, meta, unpack = tar_torrent(tmp_path)
     first = Storage.for_download(meta, tmp_path / "rel.tar", unpack)
     download(first, meta, data, [0, 2])
     first.close()
@@ -165,10 +169,7 @@ def test_a_restart_resumes_from_the_part_files(tmp_path: Path) -> None:
 
 
 def test_a_changed_file_under_the_final_directory_fails_the_check(tmp_path: Path) -> None:
-    src, _ = tarball(tmp_path)
-    data = src.read_bytes()
-    _, meta = make_metainfo(src, "127.0.0.1:6969", piece_length=PIECE)
-    unpack = (map_of(src), tmp_path / "incoming")
+    data, meta, unpack = tar_torrent(tmp_path)
     storage = Storage.for_download(meta, tmp_path / "rel.tar", unpack)
     download(storage, meta, data, list(range(meta.num_pieces)))
     storage.finalize()
