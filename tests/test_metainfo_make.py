@@ -115,9 +115,10 @@ def test_announce_url_refuses_bad_urls(url: str) -> None:
 @pytest.mark.parametrize(
     "sizes",
     [[1], [16384], [16385], [0, 0, 5], [16383, 1], [16383, 2, 16383], [5, 0, 40000, 0, 7],
-     [100_000], [16384, 16384, 0]],
+     [100_000], [16384, 16384, 0], [16384 * 40 + 3]],
 )  # fmt: skip
-def test_hash_pieces_spans_file_boundaries(tmp_path: Path, sizes: list[int]) -> None:
+@pytest.mark.parametrize("threads", [1, 3])
+def test_hash_pieces_spans_file_boundaries(tmp_path: Path, sizes: list[int], threads: int) -> None:
     sources = []
     for index, size in enumerate(sizes):
         path = tmp_path / f"f{index}"
@@ -125,8 +126,12 @@ def test_hash_pieces_spans_file_boundaries(tmp_path: Path, sizes: list[int]) -> 
         sources.append(SourceFile((path.name,), path, size))
     payload = b"".join(_content(size, index) for index, size in enumerate(sizes))
     seen: list[int] = []
-    assert hash_pieces(sources, 16384, seen.append) == _piece_hashes(payload, 16384)
-    assert sum(seen) == len(payload)
+    got = hash_pieces(sources, 16384, seen.append, threads=threads)
+    assert got == _piece_hashes(payload, 16384)
+    # Progress comes piece by piece, in order: every full piece, then the short last one.
+    assert seen == [16384] * (len(payload) // 16384) + (
+        [len(payload) % 16384] if len(payload) % 16384 else []
+    )
 
 
 def test_collect_files_sorts_by_path_components(tmp_path: Path) -> None:
