@@ -46,6 +46,8 @@ PART_SUFFIX = ".part"
 #: Cap on one read_block: requests come from remote peers (BEP 3 blocks are 16 KiB).
 MAX_READ = 128 * 1024
 _CHUNK = 1024 * 1024  # hashing reads this much at a time
+#: Threads for verify_all (a restarted download, a seeder checking its payload).
+VERIFY_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 #: ``--unpack-map``: the map's entries and the directory their files go under.
 Unpack = tuple[list[MapEntry], StrPath]
@@ -327,16 +329,34 @@ class Storage:
             self._mark(index, True)
         self._unchecked = bytearray(b"\x01" * len(self._have))
 
-    def verify_all(self, progress: Optional[Callable[[int], None]] = None) -> int:
+    def verify_all(self, progress: Optional[Callable[[int], None]] = None, threads: int = 0) -> int:
         """Hash-check every piece on disk; returns how many are good.
 
-        ``progress(n)`` is called after each piece with its size in bytes.
+        ``progress(n)`` is called after each piece, in order, with its size in bytes.
+        Pieces are checked on ``threads`` threads (``VERIFY_THREADS`` by default): reads
+        and SHA-1 let go of the GIL, so a seeder with cores checks a release of tens of
+        GB that many times faster.
         """
+        from collections import deque
+        from concurrent.futures import Future, ThreadPoolExecutor
+
         meta = self._meta
-        for index in range(meta.num_pieces):
-            self.verify_piece(index)
+        threads = threads or VERIFY_THREADS
+        pending: deque[tuple[int, Future[bool]]] = deque()
+
+        def settle_oldest() -> None:
+            index, checked = pending.popleft()
+            self.record_check(index, checked.result())
             if progress is not None:
                 progress(meta.piece_size(index))
+
+        with ThreadPoolExecutor(threads, "murder-verify") as pool:
+            for index in range(meta.num_pieces):
+                pending.append((index, pool.submit(self.check_piece, index)))
+                if len(pending) >= 4 * threads:  # a few pieces ahead, not the whole payload
+                    settle_oldest()
+            while pending:
+                settle_oldest()
         return self._have_count
 
     # -- finishing --------------------------------------------------------------------

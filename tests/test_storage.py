@@ -231,6 +231,26 @@ def test_resume_finds_exactly_the_pieces_written_before(tmp_path: Path, kind: st
         assert target.read_bytes() == data
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_verify_all_on_threads_marks_exactly_the_good_pieces_in_order(
+    tmp_path: Path, threads: int
+) -> None:
+    meta, data = single(tmp_path, size=40 * PIECE + 77)
+    target = tmp_path / "out"
+    bad = {3, 17, 40}
+    with Storage.for_download(meta, target) as storage:
+        fetch(storage, meta, data, range(meta.num_pieces))
+    with open(str(target) + ".part", "r+b") as fh:
+        for index in bad:  # a byte flipped on disk in each of these pieces
+            fh.seek(index * PIECE + 5)
+            fh.write(bytes([data[index * PIECE + 5] ^ 1]))
+    with Storage.for_download(meta, target) as again:
+        seen: list[int] = []
+        assert again.verify_all(seen.append, threads=threads) == meta.num_pieces - len(bad)
+        assert {i for i in range(meta.num_pieces) if not again.has(i)} == bad
+        assert seen == [meta.piece_size(i) for i in range(meta.num_pieces)]
+
+
 def test_finalize_refuses_when_incomplete(tmp_path: Path) -> None:
     meta, data = single(tmp_path)
     target = tmp_path / "out"
