@@ -407,9 +407,17 @@ def _spliced(rest: str, directory: str, rows: list[tuple[int, int, str]]) -> Any
 
 
 def _check_only_mapped(directory: str, rows: list[tuple[int, int, str]]) -> None:
-    """The download directory holds the map's files and their directories, nothing else."""
+    """The download directory holds the map's files and their directories, nothing else.
+
+    Its directories were made by a peer running under umask 077; they get the modes a
+    plain extraction gives the directories tar does not list (its own members' modes are
+    set by the extraction after this).
+    """
     files = {name for _, _, name in rows}
     dirs = {"/".join(name.split("/")[:k]) for name in files for k in range(1, name.count("/") + 1)}
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o755 & ~umask)
     for top, subdirs, names in os.walk(directory):
         rel = os.path.relpath(top, directory)
         for sub in subdirs:
@@ -418,6 +426,7 @@ def _check_only_mapped(directory: str, rows: list[tuple[int, int, str]]) -> None
                 raise ReleaseError(
                     f"{directory} holds {path!r}, which the unpack map does not list"
                 )
+            os.chmod(os.path.join(top, sub), 0o777 & ~umask)
         for name in names:
             path = os.path.normpath(os.path.join(rel, name))
             there = os.path.join(top, name)

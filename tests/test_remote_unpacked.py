@@ -159,6 +159,37 @@ def test_install_keeps_the_downloaded_files_and_makes_the_release_tar_would(
     assert (release / "conf.hard").stat().st_ino == (release / "conf.ini").stat().st_ino
 
 
+def test_directories_tar_does_not_list_get_the_modes_a_plain_extraction_gives(
+    tmp_path: Path,
+) -> None:
+    """A tarball without "./" or directory members (``fab deploy --local-path`` makes
+    such): the peer, under umask 077, made those directories 0700; the release's must be
+    what extracting the tarball makes, or a web server could not read it."""
+    import tarfile
+
+    tarball, map_path = tmp_path / "rel.tar", tmp_path / "rel.tar.map.json"
+    with tarfile.open(tarball, "w") as tar:
+        for name in ("top.txt", "a/b/deep.bin"):
+            (tmp_path / "f").write_bytes(os.urandom(40_000))
+            tar.add(str(tmp_path / "f"), arcname=name)
+    assert helper("unpack-map", str(tarball), str(map_path)).returncode == 0
+    dest = tmp_path / "app"
+    (dest / "releases").mkdir(parents=True)
+    old = os.umask(0o077)
+    try:
+        rest, incoming = peer(tmp_path, tarball, map_path, dest / "releases")
+    finally:
+        os.umask(old)
+    assert (incoming / "a").stat().st_mode & 0o777 == 0o700
+    done = install(rest, map_path, dest, incoming)
+    assert done.returncode == 0, done.stderr
+    reference = tmp_path / "ref"
+    assert helper("extract", str(tarball), str(reference), "tar", "", "0").returncode == 0
+    release = dest / "releases" / "v1"
+    assert listing(release) == listing(reference)
+    assert release.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o755 & ~old
+
+
 def test_a_file_the_map_does_not_list_in_the_download_is_refused(tmp_path: Path) -> None:
     src = release_dir(tmp_path / "src")
     tarball, map_path = seeder(tmp_path, src)
