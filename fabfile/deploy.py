@@ -43,9 +43,8 @@ from fabfile.seed import start_seeding
 from fabfile.settings import Settings, settings_from_config
 from fabfile.teardown import TEARDOWN_TIMEOUT, EarlyTeardown, teardown
 from fabfile.torrent import (
-    download_manifest,
+    download_companion,
     download_torrent,
-    download_unpack_map,
     make_payload,
     make_torrent,
     publish_torrent,
@@ -274,12 +273,13 @@ def _deploy(
     meta = read_metainfo(local_torrent)
     report.info_hash, report.payload_bytes = info_hash, meta.total_length
 
+    # What the peers need beside the .torrent: a tree's manifest, a plain tarball's map.
+    remote = settings.manifest if settings.tree else settings.unpack_map if unpack else None
+
     def hand_out() -> Dict[str, Outcome[None]]:
-        companion = None
-        if settings.tree:
-            companion = (download_manifest(conns, settings), settings.manifest)
-        elif unpack:
-            companion = (download_unpack_map(conns, settings), settings.unpack_map)
+        companion = (
+            None if remote is None else (download_companion(conns, settings, remote), remote)
+        )
         return upload_torrents(conns, settings, local_torrent, list(live), companion)
 
     # The peers get their copy while the seeder starts: no peer starts before both.

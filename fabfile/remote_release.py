@@ -302,7 +302,7 @@ def unpack_map(tarball: str) -> dict[str, object]:
     seen: dict[str, int] = {}
     not_dirs = set()
     for m in members:
-        key = os.path.normpath(m.name.lstrip("/"))
+        key = _plain_name(m.name) or m.name
         seen[key] = seen.get(key, 0) + 1
         if not m.isdir():
             not_dirs.add(key)
@@ -406,12 +406,12 @@ def _spliced(rest: str, directory: str, rows: list[tuple[int, int, str]]) -> Any
     return Spliced()
 
 
-def _check_only_mapped(directory: str, rows: list[tuple[int, int, str]]) -> None:
-    """The download directory holds the map's files and their directories, nothing else.
+def _adopt_download(directory: str, rows: list[tuple[int, int, str]]) -> None:
+    """Check the download holds the map's files and their directories, nothing else,
+    and give its directories the modes a plain extraction gives those tar does not list.
 
-    Its directories were made by a peer running under umask 077; they get the modes a
-    plain extraction gives the directories tar does not list (its own members' modes are
-    set by the extraction after this).
+    The peer made them under umask 077; tar's own members get their modes from the
+    extraction after this.
     """
     files = {name for _, _, name in rows}
     dirs = {"/".join(name.split("/")[:k]) for name in files for k in range(1, name.count("/") + 1)}
@@ -442,7 +442,7 @@ def extract_unpacked(
     """Finish ``directory`` (the map's files, downloaded) into the tarball's release."""
 
     rows = _read_unpack_map(map_path)
-    _check_only_mapped(directory, rows)
+    _adopt_download(directory, rows)
     placed = {offset: (os.path.join(directory, name), length) for offset, length, name in rows}
     claimed: set[int] = set()
     base = _tarfile_class()

@@ -203,18 +203,10 @@ def download_torrent(conns: Connections, settings: Settings) -> Path:
     return _fetch_private(conns, settings.torrent, local_torrent_path(settings))
 
 
-def download_manifest(conns: Connections, settings: Settings) -> Path:
-    """transfer=tree: fetch the seeder's manifest beside the local .torrent (mode 0600)."""
-    return _fetch_private(
-        conns, settings.manifest, local_torrent_path(settings).with_suffix(".json")
-    )
-
-
-def download_unpack_map(conns: Connections, settings: Settings) -> Path:
-    """Fetch the seeder's unpack map beside the local .torrent (mode 0600)."""
-    return _fetch_private(
-        conns, settings.unpack_map, local_torrent_path(settings).with_suffix(".map.json")
-    )
+def download_companion(conns: Connections, settings: Settings, remote: str) -> Path:
+    """Fetch a file the seeder made for the peers (a tree's manifest, a tarball's map)
+    beside the local .torrent, under its own name (mode 0600)."""
+    return _fetch_private(conns, remote, local_torrent_path(settings).with_name(Path(remote).name))
 
 
 def publish_torrent(conns: Connections, settings: Settings, local: Path) -> None:

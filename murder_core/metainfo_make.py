@@ -20,6 +20,7 @@ from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 from urllib.parse import urlsplit
 
 from .errors import MetainfoError, StorageError
+from .parallel import HASH_THREADS, ordered_map
 
 MIN_CHOSEN_PIECE_LENGTH = 256 * 1024
 MAX_CHOSEN_PIECE_LENGTH = 16 * 1024 * 1024
@@ -159,9 +160,6 @@ def collect_files(
     return found
 
 
-#: Hashing threads for make-torrent: SHA-1 lets go of the GIL, so a seeder with cores to
-#: spare hashes a release of tens of GB that many times faster (one core: ~1 GB/s).
-HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
 #: Cap on the piece buffers being hashed at once, whatever the piece length.
 HASH_BUFFER_BYTES = 64 * 1024 * 1024
 
@@ -176,45 +174,32 @@ def hash_pieces(
 
     Each piece is read with ``readinto`` (unbuffered, so no extra copy) across file
     boundaries into a buffer of its own and hashed on one of ``threads`` threads
-    (``HASH_THREADS`` by default) while the next pieces are read; memory stays at a few
-    pieces whatever the payload size. ``progress`` gets each piece's size once it is
-    read (its hash follows a few pieces behind at most). A file that shrinks or grows
-    while we read it is an error, since the hashes would describe bytes nobody can serve.
+    (``parallel.HASH_THREADS`` by default) while the next pieces are read; memory stays
+    at a few pieces whatever the payload size. ``progress`` gets each piece's size once
+    it is read (its hash follows a few pieces behind at most). A file that shrinks or
+    grows while we read it is an error, since the hashes would describe bytes nobody can
+    serve.
     """
-    from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     threads = threads or HASH_THREADS
-    spare = [bytearray(piece_length)]
-    spare += [
-        bytearray(piece_length)
-        for _ in range(min(2 * threads, HASH_BUFFER_BYTES // piece_length) - 1)
-    ]
-    pending: deque[tuple[Future[bytes], bytearray]] = deque()
-    digests = bytearray()
+    # ordered_map takes a piece only once the oldest has come back: ``ahead`` buffers do.
+    ahead = max(1, min(2 * threads, HASH_BUFFER_BYTES // piece_length))
+    spare = [bytearray(piece_length) for _ in range(ahead)]
 
-    def settle_oldest() -> None:
-        future, buffer = pending.popleft()
-        digests.extend(future.result())
-        spare.append(buffer)
-
-    def next_buffer() -> bytearray:
-        if not spare:
-            settle_oldest()
-        return spare.pop()
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="murder-hash") as pool:
-        for buffer, size in _read_pieces(files, piece_length, next_buffer):
-            pending.append((pool.submit(_sha1, buffer, size), buffer))
+    def pieces() -> Iterator[tuple[bytearray, int]]:
+        for buffer, size in _read_pieces(files, piece_length, spare.pop):
             if progress is not None:
                 progress(size)
-        while pending:
-            settle_oldest()
+            yield buffer, size
+
+    def sha1(piece: tuple[bytearray, int]) -> tuple[bytes, bytearray]:
+        buffer, size = piece
+        return hashlib.sha1(memoryview(buffer)[:size]).digest(), buffer
+
+    digests = bytearray()
+    for digest, buffer in ordered_map(sha1, pieces(), threads, ahead):
+        digests += digest
+        spare.append(buffer)
     return bytes(digests)
-
-
-def _sha1(buffer: bytearray, size: int) -> bytes:
-    return hashlib.sha1(memoryview(buffer)[:size]).digest()
 
 
 def _read_pieces(

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 from .errors import PayloadMismatchError, StorageError
 from .metainfo import Metainfo
+from .parallel import ordered_map
 from .payload_files import (
     PayloadFile,
     Span,
@@ -46,8 +47,6 @@ PART_SUFFIX = ".part"
 #: Cap on one read_block: requests come from remote peers (BEP 3 blocks are 16 KiB).
 MAX_READ = 128 * 1024
 _CHUNK = 1024 * 1024  # hashing reads this much at a time
-#: Threads for verify_all (a restarted download, a seeder checking its payload).
-VERIFY_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 #: ``--unpack-map``: the map's entries and the directory their files go under.
 Unpack = tuple[list[MapEntry], StrPath]
@@ -64,7 +63,6 @@ class Storage:
         """``trees[0]`` is the payload; ``spans`` place its bytes when not file by file."""
         self._meta = meta
         self._trees = trees
-        self._root = trees[0][0]
         self._finalized = final
         self._writable = not final
         self._files = [f for _, files in trees for f in files]
@@ -180,7 +178,7 @@ class Storage:
     @property
     def path(self) -> pathlib.Path:
         """Where the payload is now: the .part name until ``finalize``."""
-        return self._root
+        return self._trees[0][0]
 
     @property
     def finalized(self) -> bool:
@@ -219,7 +217,7 @@ class Storage:
         """
         self._check_open()
         if not self._writable:
-            raise StorageError(f"{self._root} is open read-only; cannot write piece {index}")
+            raise StorageError(f"{self.path} is open read-only; cannot write piece {index}")
         length = len(data)
         self._check_range(index, begin, length, "write")
         if self._have[index]:
@@ -272,7 +270,7 @@ class Storage:
         if self._unchecked is not None and self._unchecked[index]:
             if not self.check_piece(index):
                 raise PayloadMismatchError(
-                    f"{self._root} does not match the torrent: piece {index} fails its SHA-1 check"
+                    f"{self.path} does not match the torrent: piece {index} fails its SHA-1 check"
                 )
             self._unchecked[index] = 0
 
@@ -333,30 +331,14 @@ class Storage:
         """Hash-check every piece on disk; returns how many are good.
 
         ``progress(n)`` is called after each piece, in order, with its size in bytes.
-        Pieces are checked on ``threads`` threads (``VERIFY_THREADS`` by default): reads
-        and SHA-1 let go of the GIL, so a seeder with cores checks a release of tens of
-        GB that many times faster.
+        Pieces are checked on ``threads`` threads (``parallel.HASH_THREADS`` by default).
         """
-        from collections import deque
-        from concurrent.futures import Future, ThreadPoolExecutor
-
         meta = self._meta
-        threads = threads or VERIFY_THREADS
-        pending: deque[tuple[int, Future[bool]]] = deque()
-
-        def settle_oldest() -> None:
-            index, checked = pending.popleft()
-            self.record_check(index, checked.result())
+        indexes = range(meta.num_pieces)
+        for index, good in zip(indexes, ordered_map(self.check_piece, indexes, threads)):
+            self.record_check(index, good)
             if progress is not None:
                 progress(meta.piece_size(index))
-
-        with ThreadPoolExecutor(threads, "murder-verify") as pool:
-            for index in range(meta.num_pieces):
-                pending.append((index, pool.submit(self.check_piece, index)))
-                if len(pending) >= 4 * threads:  # a few pieces ahead, not the whole payload
-                    settle_oldest()
-            while pending:
-                settle_oldest()
         return self._have_count
 
     # -- finishing --------------------------------------------------------------------
@@ -386,8 +368,8 @@ class Storage:
         self._check_open()
         self._join_flusher()
         if self._finalized:
-            return self._root
-        final = _strip_part(self._root)
+            return self.path
+        final = _strip_part(self.path)
         if not self.complete:
             missing = len(self._have) - self._have_count
             raise StorageError(
@@ -419,7 +401,6 @@ class Storage:
             self._trees[i] = (done, files)
             for f in files:
                 f.path = done.joinpath(*f.parts)
-        self._root = final
         self._finalized = True
         self._writable = False
         return final
@@ -443,7 +424,7 @@ class Storage:
     def _check_open(self) -> None:
         # A closed descriptor number may already belong to another file: never reuse it.
         if self._closed:
-            raise StorageError(f"storage for {self._root} is closed")
+            raise StorageError(f"storage for {self.path} is closed")
 
     def _check_range(self, index: int, begin: int, length: int, what: str) -> None:
         if not 0 <= index <= self._last_index:

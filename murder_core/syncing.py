@@ -14,6 +14,7 @@ why it is kept for payloads of many files, where it is the cheaper of the two.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,24 +22,20 @@ from collections.abc import Callable, Sequence
 #: From this many files on, one syncfs per file system instead of an fsync per file.
 SYNCFS_FROM = 64
 
-_syncfs: Callable[[int], int] | bool | None = False  # False: not looked up yet
 
-
+@functools.cache
 def _lookup_syncfs() -> Callable[[int], int] | None:
-    global _syncfs
-    if _syncfs is False:
-        _syncfs = None
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
 
-                fn = ctypes.CDLL(None, use_errno=True).syncfs
-                fn.argtypes = [ctypes.c_int]
-                fn.restype = ctypes.c_int
-                _syncfs = fn
-            except (ImportError, OSError, AttributeError):
-                pass  # no ctypes (a minimal Python) or an old libc: fsync each
-    return _syncfs  # type: ignore[return-value]
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (ImportError, OSError, AttributeError):
+        return None  # no ctypes (a minimal Python) or an old libc: fsync each
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def sync_file_systems(fds: Sequence[int]) -> bool:
@@ -77,12 +74,6 @@ def sync_all(fds: Sequence[int], on_error: Callable[[int, OSError], Exception]) 
 
 
 def flush_all(fds: Sequence[int]) -> None:
-    """Write back what is there so far, best effort: errors are left to ``sync_all``."""
-    try:
-        if len(fds) >= SYNCFS_FROM and sync_file_systems(fds):
-            return
-    except OSError:
-        return
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.fdatasync(fd)
+    """``sync_all`` ahead of time, best effort: the final ``sync_all`` reports errors."""
+    with contextlib.suppress(OSError):
+        sync_all(fds, lambda fd, exc: exc)

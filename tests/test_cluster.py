@@ -151,7 +151,9 @@ def test_a_running_command_costs_the_deploying_process_no_thread(
     try:
         conns.run("h2", "true")  # the connection and its transport thread are up
         before = threading.active_count()
-        callers = [threading.Thread(target=conns.run, args=("h2", "sleep 1.5")) for _ in range(6)]
+        callers = [
+            threading.Thread(target=conns.run, args=("h2", "sleep 1.5")) for _ in range(6)
+        ]
         for caller in callers:
             caller.start()
         time.sleep(0.8)  # all six are running on h2 now
