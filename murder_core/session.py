@@ -122,7 +122,11 @@ class Session:
         self.upload_order: UploadOrder[PeerLink] = UploadOrder(config.upload_slots)
         self._serve_timer: asyncio.TimerHandle | None = None
         self.superseed = (
-            SuperSeeder(meta.num_pieces, meta.piece_length)
+            SuperSeeder(
+                meta.num_pieces,
+                meta.piece_length,
+                last_length=meta.piece_size(meta.num_pieces - 1),
+            )
             if config.super_seed and storage.complete
             else None
         )
@@ -269,7 +273,8 @@ class Session:
             link.send_many([m.Have(i) for i in pieces])
 
     def _end_superseeding(self) -> None:
-        """Every piece has left us once: show everyone everything they lack from now on.
+        """Every piece has left us once (sent whole, or reported by a peer): show everyone
+        everything they lack from now on.
 
         Nothing can be sent twice ahead of another piece any more, and with only a few
         pieces on offer each, the swarm's last seconds left our uplink mostly idle: by
@@ -316,7 +321,7 @@ class Session:
         self.picker.peer_has(link, msg.index)
         if self.superseed is not None:
             self.superseed.note_have(msg.index)
-            if self.superseed.all_seen:
+            if self.superseed.all_left:
                 self._end_superseeding()
             else:
                 self._reveal(self.superseed.refresh(link, time.monotonic()), link)
@@ -411,6 +416,10 @@ class Session:
                 continue
             bucket.take(length, now)
             self.stats.uploaded += length
+            if self.superseed is not None:
+                self.superseed.note_sent(index, begin, length)
+                if self.superseed.all_left:
+                    self._end_superseeding()
 
     def _serve_later(self, delay: float) -> None:
         try:

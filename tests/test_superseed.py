@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 from wirepeer import PIECE, next_message, serve_session, small_torrent
 
 from murder_core.metainfo import BLOCK_SIZE
+from murder_core.peer import PeerLink
 from murder_core.session import Session, SessionConfig
 from murder_core.storage import Storage
 from murder_core.superseed import OFFER_BYTES, OFFER_TTL, SHARES_AT_LEAST, SuperSeeder
@@ -192,66 +194,202 @@ def test_the_last_pieces_are_spread_thin_over_the_peers() -> None:
     assert thin > 0, "the end of the rotation was never reached"
 
 
+def _left(ss: SuperSeeder) -> bool:
+    return ss.all_left  # a call, so that mypy does not narrow one check into the next
+
+
+def test_a_piece_has_left_once_all_its_bytes_went_out_in_order() -> None:
+    ss = SuperSeeder(3, 4 * BLOCK_SIZE, last_length=BLOCK_SIZE + 1)
+    ss.note_sent(0, 0, 2 * BLOCK_SIZE)
+    ss.note_sent(0, 3 * BLOCK_SIZE, BLOCK_SIZE)  # ahead of a gap: not counted yet
+    ss.note_sent(0, 0, BLOCK_SIZE)  # again: nothing new
+    ss.note_sent(1, 0, 4 * BLOCK_SIZE)
+    ss.note_sent(2, 0, BLOCK_SIZE + 1)  # the short last piece
+    ss.note_sent(7, 0, BLOCK_SIZE)  # no such piece: ignored
+    assert not _left(ss)
+    ss.note_sent(0, 2 * BLOCK_SIZE, BLOCK_SIZE)
+    assert not _left(ss)  # the block sent ahead of the gap is not remembered
+    ss.note_sent(0, 3 * BLOCK_SIZE, BLOCK_SIZE)
+    assert _left(ss) and not ss.all_seen
+
+
+def test_a_piece_sent_out_of_order_has_left_once_a_peer_reports_it() -> None:
+    ss = SuperSeeder(2, 2 * BLOCK_SIZE)
+    ss.note_sent(0, 0, 2 * BLOCK_SIZE)
+    ss.note_sent(1, BLOCK_SIZE, BLOCK_SIZE)
+    ss.note_sent(1, 0, BLOCK_SIZE)
+    assert not _left(ss)
+    ss.note_have(1)
+    assert _left(ss)
+    ss.note_have(0)  # sent and then reported: counted once
+    assert _left(ss) and ss.all_seen
+
+
+def test_a_wrapped_rotation_offers_again_once_every_piece_was_sent() -> None:
+    ss = SuperSeeder(4, 4 * 1024 * 1024, rng=random.Random(8))  # one piece per offer
+    quiet: set[int] = set()  # a peer that fetches its offers and never reports them
+    offered = [piece for i in range(4) for piece in ss.add_peer(f"p{i}", _peer_has(quiet), 0.0)]
+    assert sorted(offered) == [0, 1, 2, 3] and ss.first_round_done
+    assert ss.refresh("p0", 0.0) == []  # holding back: all four are out on offer
+    for name in ("p0", "p1", "p2", "p3"):
+        (piece,) = ss.offered(name)
+        ss.note_sent(piece, 0, 4 * 1024 * 1024)
+    assert ss.all_left and not ss.all_seen
+    # p0 still holds its own offer; the hold-back is over, so others' pieces come round.
+    assert ss.refresh("p0", 0.0) == [] and len(ss.offered("p0")) == 1
+    lacking: set[int] = set()
+    ss.add_peer("late", _peer_has(lacking), 0.0)
+    assert len(ss.offered("late")) == 1
+
+
 # -- a seeding Session, two peers over real sockets ------------------------------------
 
 
-def test_once_every_piece_left_the_seed_it_shows_each_peer_all_it_lacks(tmp_path: Path) -> None:
-    """Two peers fetch what the super-seeding Session offers them and share nothing with
-    each other. Once their Haves cover every piece, each must be shown every piece it
-    lacks at once (a full seed from then on), not a few offers at a time."""
+def _seeding_session(tmp_path: Path) -> tuple[Session, Storage, bytes]:
     meta, payload = small_torrent(tmp_path, pieces=32, piece_length=PIECE)
-    data = payload.read_bytes()
     storage = Storage.for_seed(meta, payload)
     assert storage.verify_all() == meta.num_pieces
     session = Session(meta, storage, b"-MU0001-000000000000", SessionConfig(super_seed=True))
-    fetched: dict[bytes, set[int]] = {
-        b"-XX0000-00000000000a": set(),
-        b"-XX0000-00000000000b": set(),
-    }
-    covered = asyncio.Event()
+    return session, storage, payload.read_bytes()
 
-    async def peer(port: int, peer_id: bytes) -> PeerConnection:
+
+def _record_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(piece, offset) of every block the seeding session hands to a socket, in order."""
+    sent: list[tuple[int, int]] = []
+    send = PeerLink.send_piece
+
+    def recording(link: PeerLink, storage: Storage, index: int, begin: int, length: int) -> None:
+        sent.append((index, begin))
+        send(link, storage, index, begin, length)
+
+    monkeypatch.setattr(PeerLink, "send_piece", recording)
+    return sent
+
+
+class _Remote:
+    """A peer on the far side of a real socket, driven by the sans-IO PeerConnection."""
+
+    def __init__(self, session: Session, peer_id: bytes, data: bytes) -> None:
+        self.num_pieces = session.num_pieces
+        self.conn = PeerConnection(session.info_hash, peer_id, self.num_pieces)
+        self.data = data
+        self.asked: set[int] = set()
+        self.got: set[int] = set()
+
+    async def open(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        conn = PeerConnection(meta.info_hash.raw, peer_id, meta.num_pieces)
-        mine = fetched[peer_id]
+        writer.write(self.conn.initiate())
+        assert isinstance(await next_message(self.conn, reader), m.Handshake)
+        writer.write(self.conn.send(m.Interested()))
+        return reader, writer
+
+    def ask_for_shown(self, writer: asyncio.StreamWriter) -> None:
+        """Request every block of each piece shown to us and not asked for yet."""
+        if self.conn.peer_choking.name != "UNCHOKED":
+            return
+        new = [i for i in range(self.num_pieces) if self.conn.peer_has(i)]
+        new = [i for i in new if i not in self.asked and i not in self.got]
+        self.asked.update(new)
+        writer.write(
+            b"".join(
+                self.conn.send(m.Request(i, b, BLOCK_SIZE))
+                for i in new
+                for b in range(0, PIECE, BLOCK_SIZE)
+            )
+        )
+
+    def take(self, msg: m.Message) -> int | None:
+        """Check a received block; the piece's index once its last block is in."""
+        if not isinstance(msg, m.Piece):
+            return None
+        at = msg.index * PIECE + msg.begin
+        assert bytes(msg.block) == self.data[at : at + len(msg.block)]
+        if msg.begin + len(msg.block) < PIECE:
+            return None
+        self.got.add(msg.index)
+        return msg.index
+
+
+def test_once_every_piece_left_the_seed_it_shows_each_peer_all_it_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two peers fetch what the super-seeding Session offers them and share nothing with
+    each other. No block leaves twice before every block has left once; after that each
+    peer must be shown every piece it lacks at once (a full seed from then on), not a few
+    offers at a time."""
+    session, storage, data = _seeding_session(tmp_path)
+    sent = _record_sends(monkeypatch)
+    remotes = [_Remote(session, b"-XX0000-00000000000" + c, data) for c in (b"a", b"b")]
+
+    async def peer(port: int, remote: _Remote) -> PeerConnection:
+        reader, writer = await remote.open(port)
         try:
-            writer.write(conn.initiate())
-            assert isinstance(await next_message(conn, reader), m.Handshake)
-            writer.write(conn.send(m.Interested()))
-            asked: set[int] = set()
-            while conn.peer_piece_count < meta.num_pieces:
-                if not covered.is_set() and conn.peer_choking.name == "UNCHOKED":
-                    new = [i for i in range(meta.num_pieces) if conn.peer_has(i)]
-                    new = [i for i in new if i not in asked and i not in mine]
-                    asked.update(new)
-                    writer.write(
-                        b"".join(
-                            conn.send(m.Request(i, b, BLOCK_SIZE))
-                            for i in new
-                            for b in range(0, PIECE, BLOCK_SIZE)
-                        )
-                    )
-                msg = await next_message(conn, reader)
-                if isinstance(msg, m.Piece):
-                    at = msg.index * PIECE + msg.begin
-                    assert bytes(msg.block) == data[at : at + len(msg.block)]
-                    if msg.begin + len(msg.block) == PIECE:
-                        mine.add(msg.index)
-                        writer.write(conn.send(m.Have(msg.index)))
-                        if len(set().union(*fetched.values())) == meta.num_pieces:
-                            covered.set()
-            return conn
+            while remote.conn.peer_piece_count < remote.num_pieces:
+                remote.ask_for_shown(writer)
+                index = remote.take(await next_message(remote.conn, reader))
+                if index is not None:
+                    writer.write(remote.conn.send(m.Have(index)))
+            return remote.conn
         finally:
             writer.close()
 
     async def both(port: int) -> list[PeerConnection]:
-        return await asyncio.gather(*(peer(port, pid) for pid in fetched))
+        return await asyncio.gather(*(peer(port, r) for r in remotes))
 
     try:
         conns = serve_session(session, both)
     finally:
         storage.close()
-    a, b = fetched.values()
-    assert a and b and not a & b, "each peer got its own offers before the end"
-    assert len(a | b) == meta.num_pieces
-    assert all(c.peer_piece_count == meta.num_pieces for c in conns)
+    blocks = session.num_pieces * (PIECE // BLOCK_SIZE)
+    assert len(set(sent[:blocks])) == blocks, "a block left twice before all had left once"
+    assert all(r.got for r in remotes), "each peer got offers of its own"
+    assert all(c.peer_piece_count == session.num_pieces for c in conns)
+
+
+def test_the_last_offers_go_round_once_sent_without_waiting_for_their_haves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that fetches its offers and never reports them (while it keeps asking us
+    for blocks, so its offers never lapse) must not hold those pieces back: once every
+    piece has been sent, the other peer is shown them and completes."""
+    session, storage, data = _seeding_session(tmp_path)
+    reporting = _Remote(session, b"-XX0000-00000000000a", data)
+    quiet = _Remote(session, b"-XX0000-00000000000q", data)
+    done = asyncio.Event()
+
+    async def report(port: int) -> None:
+        reader, writer = await reporting.open(port)
+        try:
+            while len(reporting.got) < reporting.num_pieces:
+                reporting.ask_for_shown(writer)
+                index = reporting.take(await next_message(reporting.conn, reader))
+                if index is not None:
+                    writer.write(reporting.conn.send(m.Have(index)))
+            done.set()
+        finally:
+            writer.close()
+
+    async def keep_quiet(port: int) -> None:
+        reader, writer = await quiet.open(port)
+        loop = asyncio.get_running_loop()
+        try:
+            reread = loop.time()
+            while not done.is_set():
+                quiet.ask_for_shown(writer)
+                if quiet.got and loop.time() >= reread:  # busy with us: offers stay ours
+                    writer.write(quiet.conn.send(m.Request(min(quiet.got), 0, BLOCK_SIZE)))
+                    reread = loop.time() + 0.5
+                with contextlib.suppress(asyncio.TimeoutError):
+                    quiet.take(await asyncio.wait_for(next_message(quiet.conn, reader), 0.2))
+        finally:
+            writer.close()
+
+    async def both(port: int) -> None:
+        await asyncio.gather(report(port), keep_quiet(port))
+
+    try:
+        serve_session(session, both)
+    finally:
+        storage.close()
+    assert quiet.got, "the quiet peer was offered pieces of its own"
+    assert quiet.got <= reporting.got and len(reporting.got) == session.num_pieces
