@@ -125,7 +125,7 @@ def test_progress_reports_every_piece(tmp_path: Path) -> None:
 def test_default_piece_length_is_chosen(tmp_path: Path) -> None:
     source = tmp_path / "f"
     source.write_bytes(b"x" * 1000)
-    assert make_metainfo(source, ANNOUNCE)[1].piece_length == 128 * 1024
+    assert make_metainfo(source, ANNOUNCE)[1].piece_length == 256 * 1024
 
 
 def test_name_of_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
