@@ -47,6 +47,7 @@ from murder_dev.bench_methods import (
     run_method,
 )
 from murder_dev.bench_report import markdown, summarise, t_min, table
+from murder_dev.bench_seeder import phases
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION_SECONDS = 3.0
@@ -352,6 +353,9 @@ def _progress(run: MethodRun, bound: float) -> None:
         stolen = run.metrics.get("machine_cpu_steal_pct")
         if stolen is not None:
             what += f", CPU stolen {stolen:.1f}%"
+        parts = phases(run.seconds, run.metrics)
+        if parts is not None:
+            what += f"; {parts}"
     else:
         what = f"FAILED: {(run.error or '')[:300]}"
     print(f"bench: N={run.n} run {run.rep + 1} {LABELS[run.method]}: {what}", flush=True)

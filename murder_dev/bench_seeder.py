@@ -123,3 +123,18 @@ def seeder_metrics(
     out["seeder_busy_pct_until_all_once"] = busy(first)
     out["seeder_busy_pct_from_start_until_all_once"] = busy(t0)
     return out
+
+
+def phases(seconds: float, metrics: dict[str, Any]) -> Optional[str]:
+    """A swarm's time in three parts: start-up, the seeder's one pass, the tail after it.
+
+    The tail, from the seeder's last new block to the last peer done, is what the
+    peers' relaying adds once the seeder has nothing new to send.
+    """
+    first, once = metrics.get("seeder_first_block_s"), metrics.get("seeder_all_once_s")
+    if first is None or once is None:
+        return None
+    return (
+        f"first block at {first:.2f} s, every piece out once by {once:.2f} s, "
+        f"last peer {seconds - once:.2f} s later"
+    )

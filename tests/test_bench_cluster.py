@@ -21,7 +21,7 @@ from conftest import need, need_program, need_root
 from murder_dev.bench_hosts import Sample, cpu_jiffies
 from murder_dev.bench_methods import MethodRun
 from murder_dev.bench_report import summarise, t_min, table
-from murder_dev.bench_seeder import counter_at, first_round, series
+from murder_dev.bench_seeder import counter_at, first_round, phases, series
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("h2", "h3", "h4")
@@ -153,3 +153,12 @@ def test_series_and_summary_report_the_stolen_share() -> None:
     text = table(rows, 4, {"nominal": 10.0, "goodput": 10.0, "size": 1})
     assert "CPU stolen %" in text.splitlines()[1]
     assert text.splitlines()[2].split()[-2] == "5.5"
+
+
+def test_a_swarm_run_is_split_at_the_seeders_first_and_last_new_block() -> None:
+    metrics = {"seeder_first_block_s": 0.614, "seeder_all_once_s": 12.3}
+    assert phases(13.05, metrics) == (
+        "first block at 0.61 s, every piece out once by 12.30 s, last peer 0.75 s later"
+    )
+    assert phases(13.05, {"seeder_first_block_s": 0.6}) is None  # no full pass seen
+    assert phases(13.05, {}) is None  # not our swarm: no send log
