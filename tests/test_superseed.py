@@ -253,13 +253,13 @@ def _seeding_session(tmp_path: Path) -> tuple[Session, Storage, bytes]:
     return session, storage, payload.read_bytes()
 
 
-def _record_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """(piece, offset) of every block the seeding session hands to a socket, in order."""
-    sent: list[tuple[int, int]] = []
+def _record_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, PeerLink]]:
+    """(piece, offset, link) of every block the seeding session hands to a socket."""
+    sent: list[tuple[int, int, PeerLink]] = []
     send = PeerLink.send_piece
 
     def recording(link: PeerLink, storage: Storage, index: int, begin: int, length: int) -> None:
-        sent.append((index, begin))
+        sent.append((index, begin, link))
         send(link, storage, index, begin, length)
 
     monkeypatch.setattr(PeerLink, "send_piece", recording)
@@ -341,7 +341,14 @@ def test_once_every_piece_left_the_seed_it_shows_each_peer_all_it_lacks(
     finally:
         storage.close()
     blocks = session.num_pieces * (PIECE // BLOCK_SIZE)
-    assert len(set(sent[:blocks])) == blocks, "a block left twice before all had left once"
+    first_pass = sent[:blocks]
+    assert len({(i, b) for i, b, _ in first_pass}) == blocks, (
+        "a block left twice before all had left once"
+    )
+    # Before the end, each peer was sent pieces of its own: its offers.
+    a, b = ({i for i, _, link in first_pass if link is to} for to in {lk for *_, lk in sent})
+    assert a and b and not a & b, "each peer got its own offers before the end"
+    assert len(a | b) == session.num_pieces
     assert all(r.got for r in remotes), "each peer got offers of its own"
     assert all(c.peer_piece_count == session.num_pieces for c in conns)
 
