@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence
 
 from murder_core.errors import ClusterError, MurderError
 from murder_dev import cluster, netns, sshd
+from murder_dev.bench_downlinks import downlinks_line
 from murder_dev.bench_hosts import (
     ENGINE_PYTHON,
     HOST_PYTHON,
@@ -353,9 +354,9 @@ def _progress(run: MethodRun, bound: float) -> None:
         stolen = run.metrics.get("machine_cpu_steal_pct")
         if stolen is not None:
             what += f", CPU stolen {stolen:.1f}%"
-        parts = phases(run.seconds, run.metrics)
-        if parts is not None:
-            what += f"; {parts}"
+        for parts in (phases(run.seconds, run.metrics), downlinks_line(run.metrics)):
+            if parts is not None:
+                what += f"; {parts}"
     else:
         what = f"FAILED: {(run.error or '')[:300]}"
     print(f"bench: N={run.n} run {run.rep + 1} {LABELS[run.method]}: {what}", flush=True)

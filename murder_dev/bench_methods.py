@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from murder_core.errors import ClusterError
+from murder_dev.bench_downlinks import downlink_metrics
 from murder_dev.bench_hosts import (
     ENGINE_PYTHON,
     Procs,
@@ -147,6 +148,16 @@ def _finish(
     elif done:
         run.seconds = round(max(done.values()) - t0, 3)
     run.series = series(samples, t0, r.seeder, r.peers)
+    run.metrics.update(
+        downlink_metrics(
+            samples,
+            t0,
+            r.peers,
+            run.completions,
+            payload_bytes=r.payload_bytes,
+            link_bytes_per_s=r.link_bytes_per_s,
+        )
+    )
     if len(samples) > 1 and samples[-1].cpu_total > samples[0].cpu_total:
         first, last = samples[0], samples[-1]
         jiffies = last.cpu_total - first.cpu_total

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import need, need_program, need_root
 
+from murder_dev.bench_downlinks import FIRST_BYTES, downlink_metrics, downlinks_line
 from murder_dev.bench_hosts import Sample, cpu_jiffies
 from murder_dev.bench_methods import MethodRun
 from murder_dev.bench_report import summarise, t_min, table
@@ -153,6 +154,48 @@ def test_series_and_summary_report_the_stolen_share() -> None:
     text = table(rows, 4, {"nominal": 10.0, "goodput": 10.0, "size": 1})
     assert "CPU stolen %" in text.splitlines()[1]
     assert text.splitlines()[2].split()[-2] == "5.5"
+
+
+def test_each_peers_time_splits_into_its_first_bytes_and_its_downlinks_rate() -> None:
+    # b's payload begins at 1 s and fills its link; a's begins at 2 s at half the rate;
+    # c never finished, d finished without its counter ever moving (not ours to judge).
+    down = {
+        "a": [0, 0, FIRST_BYTES, FIRST_BYTES + 500_000, FIRST_BYTES + 1_000_000],
+        "b": [0, FIRST_BYTES, FIRST_BYTES + 1_000_000, *[FIRST_BYTES + 2_000_000] * 2],
+        "c": [0, FIRST_BYTES, FIRST_BYTES * 2, FIRST_BYTES * 3, FIRST_BYTES * 4],
+        "d": [7, 7, 7, 7, 7],
+        "e": [0, FIRST_BYTES // 2, FIRST_BYTES * 3 // 2, FIRST_BYTES * 2, FIRST_BYTES * 3],
+    }
+    samples = [Sample(100.0 + i, {}, {h: v[i] for h, v in down.items()}, 0, 0, 0) for i in range(5)]
+    m = downlink_metrics(
+        samples,
+        100.0,
+        ["a", "b", "c", "d"],
+        {"a": 4.0, "b": 3.0, "d": 2.5},
+        payload_bytes=1_000_000,
+        link_bytes_per_s=1_000_000,
+    )
+    assert m == {
+        "peer_first_bytes_s_min": 1.0,
+        "peer_first_bytes_s_max": 2.0,
+        "peer_down_busy_pct_min": 50.0,
+        "peer_down_busy_pct_median": 75.0,
+        "peer_payload_mbit_min": 4.0,
+        "peer_payload_mbit_median": 4.0,
+    }
+    assert downlinks_line(m) == (
+        "payload reached the peers at 1.00-2.00 s, then their downlinks were 75% busy "
+        "(lowest 50%), 4.0 Mbit/s of payload (median)"
+    )
+    # Between two samples the crossing is interpolated, not rounded to either.
+    between = downlink_metrics(
+        samples, 100.0, ["e"], {"e": 4.0}, payload_bytes=1_000_000, link_bytes_per_s=10**6
+    )
+    assert between["peer_first_bytes_s_min"] == 1.5
+    no_peers = downlink_metrics(
+        samples, 100.0, ["c"], {}, payload_bytes=1_000_000, link_bytes_per_s=1_000_000
+    )
+    assert no_peers == {} and downlinks_line(no_peers) is None
 
 
 def test_a_swarm_run_is_split_at_the_seeders_first_and_last_new_block() -> None:
