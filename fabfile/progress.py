@@ -146,9 +146,15 @@ class SwarmProgress:
     def _update(self, snap: SwarmSnapshot) -> None:
         if self._bar is None:
             return
-        self._bar.n = snap.bytes_done
+        # The tracker's numbers move only when peers announce (every announce_interval),
+        # so most polls see no change. Only a change is fed to tqdm's rate, as bytes over
+        # the time since the last one: a poll in between would count as a second in which
+        # nothing moved, and the rate shown would swing by half from poll to poll.
+        moved = snap.bytes_done - self._bar.n
         self._bar.set_postfix_str(f"hosts {snap.hosts_done}/{snap.hosts_total}", refresh=False)
-        self._bar.refresh()
+        if moved:
+            self._bar.update(moved)
+        self._bar.refresh()  # the elapsed time still ticks between changes
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -162,6 +168,10 @@ class SwarmProgress:
             return
         total = len(self.peer_ips) * self.payload_bytes
         kwargs = dict(unit="B", unit_scale=True, unit_divisor=1024, desc="swarm", total=total)
+        # _update decides when the rate moves; each move spans a whole announce interval,
+        # so the rate shown leans on the latest one (tqdm's default 0.3 took ten seconds
+        # to climb from the start-up's rate to the swarm's).
+        kwargs.update(mininterval=0, miniters=0, smoothing=0.8)
         kwargs.update(self._tqdm_kwargs)
         self._bar = tqdm(**kwargs)
         self._thread = threading.Thread(target=self._loop, name="murder-progress", daemon=True)

@@ -22,7 +22,7 @@ from fabric import Config  # type: ignore[import-untyped]
 from fabfile import ns
 from fabfile.install import _PROBE, clear_dir_script
 from fabfile.inventory import parse_inventory
-from fabfile.progress import SwarmSnapshot, parse_stats
+from fabfile.progress import SwarmProgress, SwarmSnapshot, parse_stats
 from fabfile.release import payload_name
 from fabfile.remote import Connections, last_line, sh, start_detached_script, stop_script
 from fabfile.report import DeployReport, HostReport, format_table
@@ -743,6 +743,31 @@ def test_parse_stats_counts_only_our_peers() -> None:
     snap = parse_stats(data, "AB" * 20, {"10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"}, 1000)
     # 10.0.0.2 done, .3 has its best report (400 left), .4's nonsense -5 clamps to done, .5 unseen
     assert snap == SwarmSnapshot(hosts_done=2, hosts_total=4, bytes_done=2600, bytes_total=4000)
+
+
+def test_the_bar_shows_the_swarms_rate_between_announces_not_per_poll() -> None:
+    # Peers announce every 2 s and the bar polls every second: every other poll sees
+    # the same bytes. The rate shown must stay at 100 B/s, not swing between 50 and 150.
+    import io
+
+    from tqdm import tqdm
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = SwarmProgress([], "ab" * 20, {"10.0.0.2"}, 10_000)
+    bar = tqdm(total=10_000, file=out, mininterval=0, miniters=0, smoothing=0.3)
+    bar._time = lambda: now[0]
+    bar.start_t = bar.last_print_t = 0.0
+    progress._bar = bar
+    rates = []
+    for second, done in enumerate([100, 100, 300, 300, 500, 500, 700], start=1):
+        now[0] = float(second)
+        progress._update(SwarmSnapshot(0, 1, done, 10_000))
+        rates.append(bar.format_dict["rate"])
+    assert bar.n == 700
+    assert rates == pytest.approx([100.0] * 7)
+    assert "hosts 0/1" in out.getvalue()
+    bar.close()
 
 
 @pytest.mark.parametrize(
