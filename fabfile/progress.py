@@ -167,12 +167,12 @@ class SwarmProgress:
         if not self.enabled or not self.peer_ips:
             return
         total = len(self.peer_ips) * self.payload_bytes
-        kwargs = dict(unit="B", unit_scale=True, unit_divisor=1024, desc="swarm", total=total)
         # _update decides when the rate moves; each move spans a whole announce interval,
-        # so the rate shown leans on the latest one (tqdm's default 0.3 took ten seconds
-        # to climb from the start-up's rate to the swarm's).
+        # so the rate shown leans on the latest one (tqdm's default smoothing, 0.3, took
+        # ten seconds to climb from the start-up's rate to the swarm's).
+        kwargs = dict(unit="B", unit_scale=True, unit_divisor=1024, desc="swarm", total=total)
         kwargs.update(mininterval=0, miniters=0, smoothing=0.8)
-        kwargs.update(self._tqdm_kwargs)
+        kwargs.update(self._tqdm_kwargs)  # the caller's win
         self._bar = tqdm(**kwargs)
         self._thread = threading.Thread(target=self._loop, name="murder-progress", daemon=True)
         self._thread.start()

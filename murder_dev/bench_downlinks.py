@@ -16,7 +16,7 @@ from statistics import median
 from typing import Any, Mapping, Optional, Sequence
 
 from murder_dev.bench_hosts import Sample
-from murder_dev.bench_seeder import counter_at
+from murder_dev.bench_seeder import busy_pct
 
 #: Received bytes that mean the payload has begun to arrive: more than the handshakes,
 #: bitfields and tracker replies of a start, less than a piece.
@@ -48,19 +48,17 @@ def downlink_metrics(
     firsts: list[float] = []
     busy: list[float] = []
     payload_mbit: list[float] = []
-    for peer in peers:
-        if peer not in completions or not samples:
+    for peer in peers if samples else ():
+        if peer not in completions:
             continue
         points = [(s.t, s.down[peer]) for s in samples]
         start = first_crossing(points, points[0][1] + FIRST_BYTES)
         done = t0 + completions[peer]
         if start is None or done <= start:
             continue
-        span = done - start
         firsts.append(start - t0)
-        moved = counter_at(points, done) - counter_at(points, start)
-        busy.append(100 * moved / (link_bytes_per_s * span))
-        payload_mbit.append(payload_bytes * 8 / span / 1e6)
+        busy.append(busy_pct(points, start, done, link_bytes_per_s))
+        payload_mbit.append(payload_bytes * 8 / (done - start) / 1e6)
     if not firsts:
         return {}
     return {

@@ -65,6 +65,15 @@ def counter_at(points: Sequence[tuple[float, int]], t: float) -> float:
     return float(points[-1][1])
 
 
+def busy_pct(
+    points: Sequence[tuple[float, int]], start: float, end: float, link_bytes_per_s: float
+) -> float:
+    """How full a link was from ``start`` to ``end``: its counter's growth against what a
+    saturated link carries by that counter (``link_bytes_per_s``), in percent."""
+    moved = counter_at(points, end) - counter_at(points, start)
+    return 100 * moved / (link_bytes_per_s * (end - start))
+
+
 def first_round(
     sent: Sequence[tuple[float, int, int, int]], payload_bytes: int
 ) -> tuple[Optional[float], int, int]:
@@ -116,12 +125,9 @@ def seeder_metrics(
     if all_once is None or all_once <= first:
         return out
 
-    def busy(start: float) -> float:
-        moved = counter_at(uplink, all_once) - counter_at(uplink, start)
-        return round(100 * moved / (link_bytes_per_s * (all_once - start)), 1)
-
-    out["seeder_busy_pct_until_all_once"] = busy(first)
-    out["seeder_busy_pct_from_start_until_all_once"] = busy(t0)
+    for key, start in (("until_all_once", first), ("from_start_until_all_once", t0)):
+        busy = busy_pct(uplink, start, all_once, link_bytes_per_s)
+        out[f"seeder_busy_pct_{key}"] = round(busy, 1)
     return out
 
 

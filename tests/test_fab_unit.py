@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from typing import Any, Dict, List
 
 import pytest
 from fabric import Config  # type: ignore[import-untyped]
+from tqdm import tqdm
 
 from fabfile import ns
 from fabfile.install import _PROBE, clear_dir_script
@@ -748,10 +750,6 @@ def test_parse_stats_counts_only_our_peers() -> None:
 def test_the_bar_shows_the_swarms_rate_between_announces_not_per_poll() -> None:
     # Peers announce every 2 s and the bar polls every second: every other poll sees
     # the same bytes. The rate shown must stay at 100 B/s, not swing between 50 and 150.
-    import io
-
-    from tqdm import tqdm
-
     now = [0.0]
     out = io.StringIO()
     progress = SwarmProgress([], "ab" * 20, {"10.0.0.2"}, 10_000)
