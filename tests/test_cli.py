@@ -237,6 +237,30 @@ def test_legacy_make_torrent_matches_the_new_command(
     assert legacy.read_bytes() == target.read_bytes()
 
 
+def test_a_sigterm_as_the_tracker_starts_listening_still_stops_it_cleanly(
+    tmp_path: Path,
+) -> None:
+    # The signal arrives from inside start(), the moment the socket listens: a caller that
+    # sees the port answer may stop the tracker at once. SIGTERM's default action there
+    # would kill it without saving its state.
+    dfile = tmp_path / "data"
+    code = (
+        "import os, signal, sys\n"
+        "from murder_core.tracker import server\n"
+        "start = server.TrackerServer.start\n"
+        "def start_then_term(self):\n"
+        "    start(self)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "server.TrackerServer.start = start_then_term\n"
+        "from murder_core.cli import legacy_tracker\n"
+        "sys.exit(legacy_tracker())\n"
+    )
+    argv = [sys.executable, "-c", code, "--port", str(free_port()), "--dfile", str(dfile)]
+    done = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert dfile.exists()
+
+
 def test_legacy_tracker_flags_and_clean_sigterm(tmp_path: Path) -> None:
     port = free_port()
     dfile, logfile = tmp_path / "data", tmp_path / "f"

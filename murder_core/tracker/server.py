@@ -317,18 +317,16 @@ def run_tracker(
     """Serve in the foreground until SIGTERM/SIGINT, or until ``lease`` expires; the
     pidfile exists while we listen."""
     server = TrackerServer(config)
-    try:
-        server.start()
-    except TrackerError:
-        server.stop()
-        raise
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         done.set()
 
+    # Before listening: once we answer, a caller may stop us at once, and a SIGTERM
+    # taken by the default action would kill us without saving the state file.
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        server.start()
         with daemon.pidfile(pidfile):
             while not done.wait(0.5):
                 why = lease.expired() if lease is not None else ""
