@@ -19,7 +19,7 @@ from .sendfile import AVAILABLE as SENDFILE_AVAILABLE
 from .sendfile import send_direct
 from .wire.connection import CLOSED, NEED_DATA, PeerConnection
 from .wire.framing import encode_piece_header
-from .wire.messages import Cancel, Handshake, Have, Message, Request
+from .wire.messages import Cancel, Handshake, Message, Request
 
 if TYPE_CHECKING:
     from .session import Session
@@ -176,6 +176,10 @@ class PeerLink(asyncio.Protocol):
         if msgs and not self.closed:
             self._write(b"".join(self.conn.send(m) for m in msgs))
 
+    def send_haves(self, indices: list[int]) -> None:
+        if indices and not self.closed:
+            self._write(self.conn.send_haves(indices))
+
     # -- requests in flight ------------------------------------------------------------
     def identify(self, peer_id: bytes) -> None:
         self.remote_id = peer_id
@@ -295,7 +299,7 @@ class PeerLink(asyncio.Protocol):
     def _flush_haves(self) -> None:
         self._have_timer = None
         haves, self._haves = self._haves, []
-        self.send_many([Have(i) for i in haves])
+        self.send_haves(haves)
 
     def close(self) -> None:
         if self._have_timer is not None:

@@ -269,8 +269,7 @@ class Session:
         link.send(self._have_message(link))
 
     def _reveal(self, pieces: list[int], link: PeerLink) -> None:
-        if pieces:
-            link.send_many([m.Have(i) for i in pieces])
+        link.send_haves(pieces)
 
     def _end_superseeding(self) -> None:
         """Every piece has left us once (sent whole, or reported by a peer): show everyone
@@ -326,6 +325,8 @@ class Session:
             else:
                 self._reveal(self.superseed.refresh(link, time.monotonic()), link)
         if not self.picker.have(msg.index):
+            if _interested(link) and not _batch_room(link):
+                return  # what _update_interest would find: nothing to say, no room to ask
             # Also when already interested: this Have may be a super-seeder's next offer,
             # arriving after our last request round found nothing to ask for.
             self._update_interest(link)
@@ -533,9 +534,9 @@ class Session:
     def request_more(self, link: PeerLink) -> None:
         if link.closed or not link.ready or link.conn.peer_choking is ChokeState.CHOKED:
             return
-        room = link.depth - len(link.outstanding)
-        if room < max(1, link.depth // 4):
-            return  # refill in batches: fewer, larger writes
+        room = _batch_room(link)
+        if not room:
+            return
         blocks = self.picker.next_requests(link, room)
         if not blocks:
             if not link.outstanding:
@@ -589,6 +590,15 @@ class Session:
 
 def _interested(link: PeerLink) -> bool:
     return link.conn.am_interested is InterestState.INTERESTED
+
+
+def _batch_room(link: PeerLink) -> int:
+    """Requests to send ``link`` now; 0 until a quarter of its pipeline is free.
+
+    Refilling in batches makes fewer, larger writes.
+    """
+    room = link.depth - len(link.outstanding)
+    return room if room >= max(1, link.depth // 4) else 0
 
 
 _HANDLERS: dict[type, Callable[[Session, PeerLink, object], None]] = {

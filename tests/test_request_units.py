@@ -221,3 +221,36 @@ def test_pipeline_depth_follows_what_the_peer_delivers(tmp_path: Path) -> None:
     finally:
         loop.close()
         storage.close()
+
+
+def test_a_new_offer_is_asked_for_at_once_while_requests_are_in_flight(tmp_path: Path) -> None:
+    """A super-seeder reveals its next piece while our requests for the last are still
+    unanswered: with room in the pipeline it is asked for on the Have itself, not when a
+    block next arrives (or at the next tick, which this test never runs)."""
+    session, storage, data = _downloader(tmp_path, pieces=2)
+    session.config.pipeline_start = 2 * (PIECE // REQUEST_UNIT)  # room for both pieces
+
+    async def scenario(
+        s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = remote_conn(s, MURDER_ID)
+        writer.write(conn.initiate())
+        pending: list[m.Request] = []
+        while len(pending) < PIECE // REQUEST_UNIT:
+            msg = await next_message(conn, reader)
+            writer.write(greet(conn, msg, m.HaveNone(), m.Have(0)))
+            if isinstance(msg, m.Request):
+                assert msg.index == 0
+                pending.append(msg)
+        writer.write(conn.send(m.Have(1)))  # nothing of piece 0 answered yet
+        while len(pending) < 2 * (PIECE // REQUEST_UNIT):
+            msg = await next_message(conn, reader)
+            assert isinstance(msg, m.Request), msg
+            assert msg.index == 1
+            pending.append(msg)
+        for r in pending:
+            writer.write(conn.send(piece_for(data, r, PIECE)))
+        while not s.complete:
+            await next_message(conn, reader)
+
+    assert _run(session, storage, scenario) == data

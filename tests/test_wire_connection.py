@@ -379,6 +379,10 @@ def test_a_message_before_our_handshake_went_out() -> None:
             "HaveNone is only allowed as the first message after the handshake, "
             "not after Interested",
         ),
+        (
+            [m.Have(3), m.HaveNone()],
+            "HaveNone is only allowed as the first message after the handshake, not after Have",
+        ),
     ],
 )
 def test_have_none_only_as_the_first_message(msgs: list[m.Message], message: str) -> None:
@@ -678,3 +682,51 @@ def test_arbitrary_bytes_after_the_handshake_only_raise_remote_protocol_error(
         pass
     assert conn.peer_piece_count == bin(int.from_bytes(conn.peer_pieces, "big")).count("1")
     assert conn.peer_pieces[-1] & 0x3F == 0
+
+
+# -- Haves in bulk -----------------------------------------------------------------------
+
+
+@given(st.lists(st.integers(min_value=0, max_value=NUM - 1), max_size=30))
+def test_send_haves_is_send_of_each_have(indices: list[int]) -> None:
+    bulk, single = ConnectionPair(), ConnectionPair()
+    bulk.handshake()
+    single.handshake()
+    wire = bulk.a.send_haves(indices)
+    assert wire == b"".join(single.a.send(m.Have(i)) for i in indices)
+    bulk.b.receive_data(wire)
+    assert events(bulk.b) == [m.Have(i) for i in indices]
+    assert bulk.b.peer_piece_count == len(set(indices))
+
+
+def test_send_haves_counts_as_the_first_message() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    pair.a.send_haves([4, 2])
+    assert local_error(pair.a, m.HaveNone()) == (
+        "HaveNone is only allowed as the first message after the handshake, not after Have"
+    )
+
+
+@pytest.mark.parametrize(
+    ("indices", "message"),
+    [
+        ([0, NUM], f"Have index {NUM} is out of range for {NUM} pieces"),
+        ([-1, 3], f"Have index -1 is out of range for {NUM} pieces"),
+    ],
+)
+def test_send_haves_refuses_an_index_outside_the_torrent(indices: list[int], message: str) -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    with pytest.raises(LocalProtocolError) as info:
+        pair.a.send_haves(indices)
+    assert str(info.value) == message
+    assert pair.a.send_haves([]) == b""
+
+
+def test_send_haves_before_the_handshakes_is_refused_like_send() -> None:
+    conn = PeerConnection(IH, PID_A, NUM)
+    conn.initiate()
+    with pytest.raises(LocalProtocolError) as info:
+        conn.send_haves([1])
+    assert str(info.value) == local_error(conn, m.Have(1))

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from murder_core.errors import LocalProtocolError, RemoteProtocolError
 from murder_core.wire import messages as m
-from murder_core.wire.framing import Decoder, encode, encode_piece_header
+from murder_core.wire.framing import Decoder, encode, encode_haves, encode_piece_header
 
 IH = bytes(range(20))
 PID = b"-MU0001-abcdefghijkl"
@@ -318,3 +318,19 @@ def test_arbitrary_bytes_only_ever_raise_remote_protocol_error(
             assert decoder.buffered < 4 + _SMALL_CAP
     except RemoteProtocolError:
         pass
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**32 - 1), max_size=20))
+def test_encode_haves_is_the_haves_back_to_back(indices: list[int]) -> None:
+    wire = encode_haves(indices)
+    assert wire == b"".join(encode(m.Have(i)) for i in indices)
+    decoder = Decoder(16)
+    decoder.feed(wire)
+    assert list(decoder) == [m.Have(i) for i in indices]
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32])
+def test_encode_haves_refuses_an_index_that_does_not_fit(bad: int) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        encode_haves([7, bad])
+    assert str(info.value) == f"cannot frame a Have with index {bad}"

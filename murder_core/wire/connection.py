@@ -20,11 +20,12 @@ aria2 does instead of a burst of Haves; it only ever adds pieces. We never send 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from typing import Final, Union
 
 from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from .framing import Decoder, encode
+from .framing import Decoder, encode, encode_haves
 from .messages import (
     FAST_RESERVED,
     NO_EXTENSIONS,
@@ -239,6 +240,25 @@ class PeerConnection:
         self._us.note(msg)
         return encode(msg)
 
+    def send_haves(self, indices: Sequence[int]) -> bytes:
+        """``send(Have(i))`` for each index, checked and encoded in one go.
+
+        The checks are the ones ``send`` makes of a Have: after both handshakes, and
+        every index inside the torrent.
+        """
+        if not indices:
+            return b""
+        if not self._initiated or self._remote_handshake is None:
+            return self.send(Have(indices[0]))  # raises the error ``send`` gives
+        if min(indices) < 0 or max(indices) >= self.num_pieces:
+            bad = next(i for i in indices if not 0 <= i < self.num_pieces)
+            raise LocalProtocolError(
+                f"Have index {bad} is out of range for {self.num_pieces} pieces"
+            )
+        if self._us.first is None:
+            self._us.first = Have(indices[0])
+        return encode_haves(indices)
+
     # -- receiving ---------------------------------------------------------------------
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Bytes from the peer; an empty ``data`` means the peer closed its side."""
@@ -296,11 +316,20 @@ class PeerConnection:
             raise RemoteProtocolError(
                 f"received {type(msg).__name__} before the handshake completed"
             )
+        if type(msg) is Have:
+            # The commonest message by far (one per piece from every peer), so its
+            # rules are checked here rather than through ``_check``: the same two.
+            if msg.index >= self.num_pieces:
+                raise RemoteProtocolError(
+                    f"Have index {msg.index} is out of range for {self.num_pieces} pieces"
+                )
+            if self._them.first is None:
+                self._them.first = msg
+            self._set_peer_piece(msg.index)
+            return
         self._check(msg, self._them, RemoteProtocolError)
         self._them.note(msg)
-        if isinstance(msg, Have):
-            self._set_peer_piece(msg.index)
-        elif isinstance(msg, Bitfield):
+        if isinstance(msg, Bitfield):
             # OR, not replace: a late bitfield must not take back pieces announced by Have.
             merged = int.from_bytes(self._peer_pieces, "big") | int.from_bytes(msg.bits, "big")
             self._peer_pieces[:] = merged.to_bytes(self._bitfield_len, "big")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Callable, NoReturn, Union
 
 from ..errors import LocalProtocolError, RemoteProtocolError
@@ -65,6 +65,7 @@ MESSAGE_IDS: dict[type, int] = {
     Extended: 20,
 }
 _PIECE_ID = MESSAGE_IDS[Piece]
+_HAVE_ID = MESSAGE_IDS[Have]
 _BITFIELD_ID = MESSAGE_IDS[Bitfield]
 _PORT_ID = MESSAGE_IDS[Port]
 _EXTENDED_ID = MESSAGE_IDS[Extended]
@@ -108,6 +109,20 @@ def encode_piece_header(index: int, begin: int, length: int) -> bytes:
         raise LocalProtocolError(
             f"cannot frame a Piece with index {index}, begin {begin}, length {length}"
         ) from None
+
+
+def encode_haves(indices: Sequence[int]) -> bytes:
+    """The wire bytes of one Have per index, back to back.
+
+    A swarm's most frequent message: each peer sends one per piece to every other peer.
+    Packing them here skips a message object and ``encode``'s dispatch for each.
+    """
+    pack = _INDEX.pack
+    try:
+        return b"".join([pack(5, _HAVE_ID, i) for i in indices])
+    except struct.error:
+        bad = next((i for i in indices if not 0 <= i < 2**32), None)
+        raise LocalProtocolError(f"cannot frame a Have with index {bad}") from None
 
 
 def encode(msg: Message) -> bytes:
@@ -208,7 +223,8 @@ class Decoder:
 
     def next_message(self) -> Message | None:
         """Decode one length-prefixed message, or return None until all of it is buffered."""
-        self._raise_if_failed()
+        if self._error is not None:
+            raise self._error
         if not self._gather(4):
             return None
         (length,) = _U32.unpack_from(self._buf, self._pos)
@@ -227,6 +243,9 @@ class Decoder:
         if length == 0:
             return _KEEP_ALIVE
         msg_id = buf[start]
+        if msg_id == _HAVE_ID:  # the commonest message: one per piece from every peer
+            self._check_size(msg_id, length, 4)
+            return Have(_U32.unpack_from(buf, start + 1)[0])
         if msg_id == _PIECE_ID:
             if length < 9:
                 self._fail(f"Piece payload must be at least 8 bytes, got {length - 1}")
