@@ -31,6 +31,7 @@ from murder_core.session import REQUEST_UNIT, Session, SessionConfig
 from murder_core.storage import Storage
 from murder_core.values import PeerAddr
 from murder_core.wire import messages as m
+from murder_core.wire.connection import PeerConnection
 
 MURDER_ID = b"-MU0001-000000000002"
 PIECE = 2 * REQUEST_UNIT
@@ -42,6 +43,23 @@ def _downloader(tmp_path: Path, pieces: int) -> tuple[Session, Storage, bytes]:
     storage = Storage.for_download(meta, tmp_path / "dl" / "payload.bin")
     session = Session(meta, storage, b"-MU0001-000000000000", SessionConfig(super_seed=False))
     return session, storage, payload.read_bytes()
+
+
+async def _greet_until_asked(
+    conn: PeerConnection,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    count: int,
+    *first: m.Message,
+) -> list[m.Request]:
+    """Answer as a seed showing ``first`` (see ``greet``) until ``count`` Requests came."""
+    requests: list[m.Request] = []
+    while len(requests) < count:
+        msg = await next_message(conn, reader)
+        writer.write(greet(conn, msg, *first))
+        if isinstance(msg, m.Request):
+            requests.append(msg)
+    return requests
 
 
 def _run(session: Session, storage: Storage, scenario: Scenario) -> bytes:
@@ -85,12 +103,7 @@ def test_a_rejected_block_gives_up_its_whole_unit_and_asks_again(tmp_path: Path)
     ) -> None:
         conn = remote_conn(s, THEIR_ID)
         writer.write(conn.initiate())
-        requests: list[m.Request] = []
-        while len(requests) < 2 * per_unit:
-            msg = await next_message(conn, reader)
-            writer.write(greet(conn, msg, m.HaveAll()))
-            if isinstance(msg, m.Request):
-                requests.append(msg)
+        requests = await _greet_until_asked(conn, reader, writer, 2 * per_unit, m.HaveAll())
         rejected = requests[2]  # the third block of the first unit
         writer.write(conn.send(m.RejectRequest(rejected.index, rejected.begin, rejected.length)))
         cancels: list[m.Cancel] = []
@@ -235,13 +248,9 @@ def test_a_new_offer_is_asked_for_at_once_while_requests_are_in_flight(tmp_path:
     ) -> None:
         conn = remote_conn(s, MURDER_ID)
         writer.write(conn.initiate())
-        pending: list[m.Request] = []
-        while len(pending) < PIECE // REQUEST_UNIT:
-            msg = await next_message(conn, reader)
-            writer.write(greet(conn, msg, m.HaveNone(), m.Have(0)))
-            if isinstance(msg, m.Request):
-                assert msg.index == 0
-                pending.append(msg)
+        units = PIECE // REQUEST_UNIT
+        pending = await _greet_until_asked(conn, reader, writer, units, m.HaveNone(), m.Have(0))
+        assert {r.index for r in pending} == {0}
         writer.write(conn.send(m.Have(1)))  # nothing of piece 0 answered yet
         while len(pending) < 2 * (PIECE // REQUEST_UNIT):
             msg = await next_message(conn, reader)
