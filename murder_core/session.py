@@ -324,12 +324,11 @@ class Session:
                 self._end_superseeding()
             else:
                 self._reveal(self.superseed.refresh(link, time.monotonic()), link)
-        if not self.picker.have(msg.index):
-            if _interested(link) and not _batch_room(link):
-                return  # what _update_interest would find: nothing to say, no room to ask
-            # Also when already interested: this Have may be a super-seeder's next offer,
-            # arriving after our last request round found nothing to ask for.
-            self._update_interest(link)
+        if self.picker.have(msg.index) or (_interested(link) and not _batch_room(link)):
+            return  # ours already, or no room to ask: _update_interest would do nothing
+        # Also when already interested: this Have may be a super-seeder's next offer,
+        # arriving after our last request round found nothing to ask for.
+        self._update_interest(link)
 
     def _on_noop(self, link: PeerLink, msg: object) -> None:
         return None
