@@ -324,11 +324,10 @@ class Session:
                 self._end_superseeding()
             else:
                 self._reveal(self.superseed.refresh(link, time.monotonic()), link)
-        if self.picker.have(msg.index) or (_interested(link) and not _batch_room(link)):
-            return  # ours already, or no room to ask: _update_interest would do nothing
-        # Also when already interested: this Have may be a super-seeder's next offer,
-        # arriving after our last request round found nothing to ask for.
-        self._update_interest(link)
+        if not self.picker.have(msg.index):
+            # Also when already interested: this Have may be a super-seeder's next offer,
+            # arriving after our last request round found nothing to ask for.
+            self._update_interest(link)
 
     def _on_noop(self, link: PeerLink, msg: object) -> None:
         return None
@@ -521,6 +520,10 @@ class Session:
     # -- asking for blocks -------------------------------------------------------------
     def _update_interest(self, link: PeerLink) -> None:
         if not link.ready:
+            return
+        if _interested(link) and not _batch_room(link):
+            # Requests in flight, so no NotInterested, and no room to ask for more: the
+            # case of most Haves, which arrive one per piece from every peer.
             return
         wanted = not self.complete and self.picker.interesting(link)
         if wanted and not _interested(link):

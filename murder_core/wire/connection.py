@@ -252,9 +252,7 @@ class PeerConnection:
             return self.send(Have(indices[0]))  # raises the error ``send`` gives
         if min(indices) < 0 or max(indices) >= self.num_pieces:
             bad = next(i for i in indices if not 0 <= i < self.num_pieces)
-            raise LocalProtocolError(
-                f"Have index {bad} is out of range for {self.num_pieces} pieces"
-            )
+            raise self._out_of_range("Have", bad, LocalProtocolError)
         if self._us.first is None:
             self._us.first = Have(indices[0])
         return encode_haves(indices)
@@ -320,9 +318,7 @@ class PeerConnection:
             # The commonest message by far (one per piece from every peer), so its
             # rules are checked here rather than through ``_check``: the same two.
             if msg.index >= self.num_pieces:
-                raise RemoteProtocolError(
-                    f"Have index {msg.index} is out of range for {self.num_pieces} pieces"
-                )
+                raise self._out_of_range("Have", msg.index, RemoteProtocolError)
             if self._them.first is None:
                 self._them.first = msg
             self._set_peer_piece(msg.index)
@@ -352,7 +348,7 @@ class PeerConnection:
         if isinstance(msg, _FAST_ONLY) and not self.fast:
             raise error(f"{name} needs the fast extension, which was not negotiated")
         if isinstance(msg, _INDEXED) and msg.index >= self.num_pieces:
-            raise error(f"{name} index {msg.index} is out of range for {self.num_pieces} pieces")
+            raise self._out_of_range(name, msg.index, error)
         if isinstance(msg, Request) and not 0 < msg.length <= self.max_block:
             raise error(f"Request length must be in 1..{self.max_block}, got {msg.length}")
         if (
@@ -368,6 +364,9 @@ class PeerConnection:
             self._check_bitfield(msg.bits, error)
         if side.first is None and not isinstance(msg, _UNORDERED):
             side.first = msg
+
+    def _out_of_range(self, name: str, index: int, error: type[ProtocolError]) -> ProtocolError:
+        return error(f"{name} index {index} is out of range for {self.num_pieces} pieces")
 
     def _check_bitfield(self, bits: bytes, error: type[ProtocolError]) -> None:
         if len(bits) != self._bitfield_len:
