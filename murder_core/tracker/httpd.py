@@ -202,7 +202,7 @@ class HTTPServer(ThreadingHTTPServer):
         self.server_name, self.server_port = str(host), int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        # With every slot taken, wait: a slot frees within a head deadline and a reply, since a
+        # With every slot taken, wait: a slot frees soon (see _wait_for_slot), since a
         # request holds one only while its head arrives and its short reply goes out.
         # Closing at once instead turned a burst of announces (a fleet starting) into
         # seconds of client backoff and a second burst. Meanwhile later connections wait
@@ -217,12 +217,11 @@ class HTTPServer(ThreadingHTTPServer):
             raise
 
     def _wait_for_slot(self) -> bool:
-        # A slot is held for at most a head deadline and a reply timeout. Waiting only one
-        # deadline lost the race to a slot freed right at it (the test of this, on a
-        # loaded machine: the waiting request got no answer).
+        # A slot is held for at most a head deadline and then a reply timeout; waiting only
+        # one deadline lost the race to a slot freed right at it, on a loaded machine.
         deadline = time.monotonic() + 2 * self.request_timeout
         while not self._closing.is_set():
-            # In short waits: shutdown() must not wait a whole head deadline for this loop.
+            # In short waits: shutdown() must not sit out two deadlines for this loop.
             if self._slots.acquire(timeout=SLOT_POLL):
                 return True
             if time.monotonic() >= deadline:
